@@ -1,0 +1,25 @@
+# The two commands of the README. Both create (or reuse) .venv and install the kit into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROFILE ?= embedded
+
+.PHONY: study test setup clean
+
+study: setup  ## run the whole study (embedded profile) and regenerate reports/
+	$(BIN)/mmd2v2 study --profile $(PROFILE)
+
+test: setup  ## run the test suite
+	$(BIN)/python -m pytest
+
+setup: $(STAMP)
+
+# Reinstall when the dependency list changes; the stamp makes a rerun instant.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --editable ".[notebooks,offline,dev]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) *.egg-info

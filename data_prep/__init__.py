@@ -1,0 +1,1 @@
+"""Dataset producers: synthetic Karpathy-format datasets and preparation of the real Karpathy splits."""

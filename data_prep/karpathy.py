@@ -1,0 +1,172 @@
+"""Validate a Karpathy-format caption file against an image folder and write the prepared index.
+
+The Karpathy files (``dataset_coco.json``, ``dataset_flickr30k.json``) hold
+``{"dataset": ..., "images": [{"filepath"?, "filename", "imgid", "split", "sentids",
+"sentences": [{"raw", "tokens", "imgid", "sentid"}], ...}]}``. COCO entries have ``filepath``
+(``train2014``/``val2014``); Flickr30K entries have none, the images lie in one folder. Any other
+field of an entry (``cocoid``, the synthetic ``scene``) is carried into the index as ``extra``.
+
+COCO's ``restval`` split is merged into ``train`` by default (Karpathy train+restval, 113,287 images),
+which is safe: the 5K test images are disjoint from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from mmd2v2_core.data.images import image_problem
+from mmd2v2_core.data.index import write_index
+from mmd2v2_core.errors import DataError
+from mmd2v2_core.progress import progress
+
+SPLITS = ("train", "restval", "val", "test")
+STANDARD_FIELDS = {"filepath", "filename", "imgid", "split", "sentids", "sentences"}
+SHOW_FIRST = 5
+
+
+def read_json(path: Path) -> object:
+    """Parse a JSON file; errors name the file and the line and column (or byte) where it broke."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} on line {line})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def _expect(cond: bool, path: Path, where: str, what: str, value: object) -> None:
+    if not cond:
+        raise DataError(f"{path}: {where}: expected {what}, got {type(value).__name__} {value!r:.80}")
+
+
+def validate(data: object, path: Path) -> list[dict]:
+    """Check the Karpathy structure field by field; return the image entries."""
+    _expect(isinstance(data, dict), path, "top level", "an object with 'images' and 'dataset'", data)
+    for key in ("images", "dataset"):
+        if key not in data:
+            raise DataError(f"{path}: top level: missing field {key!r}")
+    _expect(isinstance(data["dataset"], str), path, "dataset", "a string", data["dataset"])
+    images = data["images"]
+    _expect(isinstance(images, list), path, "images", "a list", images)
+    seen_ids: dict[int, int] = {}
+    for i, entry in enumerate(images):
+        where = f"images[{i}]"
+        _expect(isinstance(entry, dict), path, where, "an object", entry)
+        for key in ("filename", "imgid", "split", "sentences"):
+            if key not in entry:
+                raise DataError(f"{path}: {where}: missing field {key!r}")
+        _expect(isinstance(entry["filename"], str) and entry["filename"], path, f"{where}.filename",
+                "a non-empty string", entry["filename"])
+        if "filepath" in entry:
+            _expect(isinstance(entry["filepath"], str), path, f"{where}.filepath", "a string", entry["filepath"])
+        imgid = entry["imgid"]
+        _expect(isinstance(imgid, int) and not isinstance(imgid, bool), path, f"{where}.imgid", "an integer", imgid)
+        if imgid in seen_ids:
+            raise DataError(f"{path}: {where}.imgid: duplicate image id {imgid} (also images[{seen_ids[imgid]}])")
+        seen_ids[imgid] = i
+        _expect(entry["split"] in SPLITS, path, f"{where}.split", f"one of {SPLITS}", entry["split"])
+        sentences = entry["sentences"]
+        _expect(isinstance(sentences, list) and sentences, path, f"{where}.sentences",
+                "a non-empty list", sentences)
+        for j, sent in enumerate(sentences):
+            swhere = f"{where}.sentences[{j}]"
+            _expect(isinstance(sent, dict), path, swhere, "an object", sent)
+            if "raw" not in sent:
+                raise DataError(f"{path}: {swhere}: missing field 'raw'")
+            _expect(isinstance(sent["raw"], str), path, f"{swhere}.raw", "a string", sent["raw"])
+            if not sent["raw"].strip():
+                raise DataError(f"{path}: {swhere}.raw: empty caption")
+        if "sentids" in entry:
+            _expect(isinstance(entry["sentids"], list) and len(entry["sentids"]) == len(sentences), path,
+                    f"{where}.sentids", f"a list of {len(sentences)} ids (one per sentence)", entry["sentids"])
+    return images
+
+
+def resolve_image(entry: dict, root: Path) -> Path:
+    """``root/filepath/filename`` when the entry has a filepath (COCO) and that file exists, else ``root/filename``."""
+    if entry.get("filepath"):
+        nested = root / entry["filepath"] / entry["filename"]
+        if nested.exists() or not (root / entry["filename"]).exists():
+            return nested
+    return root / entry["filename"]
+
+
+def _relative_or_absolute(target: Path, base: Path) -> str:
+    target, base = target.resolve(), base.resolve()
+    return os.path.relpath(target, base) if target.is_relative_to(base) else str(target)
+
+
+def index_karpathy(
+    json_path: str | Path,
+    images_root: str | Path,
+    out_dir: str | Path,
+    on_bad_image: str = "error",
+    verify: str = "decode",
+    merge_restval: bool = True,
+    workers: int | None = None,
+) -> dict:
+    """Validate, check every image, and write the index to ``out_dir``. Returns the manifest.
+
+    ``on_bad_image='error'`` stops before writing anything if an image is missing or unreadable,
+    naming how many and the first few; ``'skip'`` drops those images and lists each in the manifest
+    (``dropped``, with the reason) and in ``dropped.json``.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    json_path, root, out_dir = Path(json_path), Path(images_root), Path(out_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found")
+    data = read_json(json_path)
+    entries = validate(data, json_path)
+    paths = [resolve_image(e, root) for e in entries]
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        problems = list(progress(pool.map(lambda p: image_problem(p, verify), paths), total=len(paths),
+                                 desc=f"checking images ({verify})"))
+    bad = [(e, p, why) for e, p, why in zip(entries, paths, problems) if why is not None]
+    if bad and on_bad_image == "error":
+        first = "; ".join(f"{p} ({why})" for _, p, why in bad[:SHOW_FIRST])
+        raise DataError(
+            f"{json_path}: {len(bad)} of {len(entries)} images are missing or unreadable under {root}, "
+            f"first: {first}. Fix them, or pass --on-bad-image skip to drop them."
+        )
+
+    bad_ids = {e["imgid"] for e, _, _ in bad}
+    splits: dict[str, list[dict]] = {}
+    for entry, path in zip(entries, paths):
+        if entry["imgid"] in bad_ids:
+            continue
+        split = "train" if merge_restval and entry["split"] == "restval" else entry["split"]
+        sentences = entry["sentences"]
+        splits.setdefault(split, []).append({
+            "image_id": entry["imgid"],
+            "path": os.path.relpath(path, root),
+            "captions": [s["raw"].strip() for s in sentences],
+            "sentids": entry.get("sentids") or [s.get("sentid", k) for k, s in enumerate(sentences)],
+            "extra": {k: v for k, v in entry.items() if k not in STANDARD_FIELDS},
+        })
+    dropped = [{"imgid": e["imgid"], "file": str(p), "reason": why} for e, p, why in bad]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dropped:
+        (out_dir / "dropped.json").write_text(json.dumps(dropped, indent=1) + "\n", encoding="utf-8")
+    else:
+        (out_dir / "dropped.json").unlink(missing_ok=True)
+    manifest = {
+        "dataset": data["dataset"],
+        "source_json": _relative_or_absolute(json_path, out_dir),
+        "image_root": _relative_or_absolute(root, out_dir),
+        "verify": verify,
+        "merge_restval": merge_restval,
+        "dropped": dropped,
+    }
+    return write_index(out_dir, manifest, dict(sorted(splits.items())))

@@ -1,0 +1,112 @@
+"""Opening images as correctly oriented RGB, and checking that an image file is readable.
+
+Photo collections contain every PIL mode: grayscale (L), palette (P, sometimes with transparency),
+RGBA/LA, CMYK JPEGs, 16-bit PNGs, and phone photos whose pixels are stored sideways with an EXIF
+orientation tag. All of them come out of ``open_rgb`` as upright 8-bit RGB. Transparent pixels are
+composited onto white, since the RGB values under alpha 0 are arbitrary.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import DataError
+
+ImageSource = str | Path | bytes | BinaryIO
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    return Image.open(source)
+
+
+def _describe(source: ImageSource, name: str | None) -> str:
+    if name is not None:
+        return name
+    return str(source) if isinstance(source, (str, Path)) else "<image bytes>"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.max(initial=0) > 255:  # 16-bit data: keep the full range instead of clipping at 255
+            arr = arr / 257.0
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(canvas, rgba)
+    return img.convert("RGB")
+
+
+def open_rgb(source: ImageSource, name: str | None = None) -> Image.Image:
+    """Decode an image file (path, bytes or file object) to upright RGB, or raise DataError naming it."""
+    label = _describe(source, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open(source) as img:
+                _check_size(img, label)
+                img.load()
+                return _to_rgb(img)
+    except FileNotFoundError:
+        raise DataError(f"{label}: image file not found") from None
+    except _TOO_LARGE as exc:
+        raise DataError(f"{label}: image too large ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{label}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+# Images over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, ≈89 Mpx) are refused before
+# decoding: a 40k×40k "photo" would take gigabytes of memory and is an attack or an error, not data.
+_TOO_LARGE = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def _check_size(img: Image.Image, label: str) -> None:
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise DataError(f"{label}: image has zero size ({w}×{h})")
+
+
+VERIFY_MODES = ("decode", "header", "exists")
+
+
+def image_problem(path: Path, verify: str = "decode") -> str | None:
+    """Why this image cannot be used, or None when it can.
+
+    ``decode`` reads every byte of the pixel data (JPEGs at 1/8 scale, which is fast but still
+    catches truncation); ``header`` only parses the header; ``exists`` only checks the file.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty file"
+    if verify == "exists":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_size(img, str(path))
+                if verify == "decode":
+                    img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
+                    img.load()
+    except DataError as exc:
+        return str(exc).split(": ", 1)[1]
+    except _TOO_LARGE as exc:
+        return f"image too large ({exc})"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None

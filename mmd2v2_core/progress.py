@@ -1,0 +1,27 @@
+"""Progress bars that behave in a terminal, in JupyterLab, and under papermill/CI.
+
+``tqdm.auto`` picks the widget bar in a live notebook and the text bar elsewhere. Headless runs
+(papermill, CI: set ``MMD2V2_PROGRESS=plain``) get a text bar that refreshes rarely, so logs stay a
+few lines; ``MMD2V2_PROGRESS=off`` silences bars entirely.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
+    mode = os.environ.get("MMD2V2_PROGRESS", "auto")
+    if mode == "off":
+        return iterable
+    if mode == "plain" or os.environ.get("CI"):
+        from tqdm import tqdm
+
+        kwargs.setdefault("mininterval", 30.0)
+        return tqdm(iterable, ascii=True, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,1 @@
+"""Figures for reports/: dataset samples (and, as the study grows, curves and embedding plots)."""

@@ -1,0 +1,33 @@
+"""A grid of dataset images with one of their captions each."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; notebooks display the PNG
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..data.images import open_rgb  # noqa: E402
+from ..data.index import ImageRecord  # noqa: E402
+
+
+def plot_samples(rows: dict[str, list[ImageRecord]], out: Path, per_row: int = 4) -> Path:
+    """One row of ``per_row`` images per named group, each titled with its first caption."""
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(3.2 * per_row, 3.6 * len(rows)), squeeze=False)
+    for r, (name, records) in enumerate(rows.items()):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(records):
+                ax.imshow(open_rgb(records[c].path))
+                ax.set_title(textwrap.fill(records[c].captions[0], 34), fontsize=7)
+        axes[r][0].text(-0.08, 0.5, name, transform=axes[r][0].transAxes, rotation=90, va="center",
+                        ha="right", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
