@@ -70,7 +70,8 @@ def run_study(profile: str = "embedded", data_dir: str | Path = "data", reports_
         )
     data_dir, reports_dir = Path(data_dir) / profile, Path(reports_dir)
     start = time.perf_counter()
-    domains = generate(data_dir, profile, seed)
+    # The study's data folder holds only generated, reproducible data: regenerate it when stale.
+    domains = generate(data_dir, profile, seed, overwrite=True)
     data_seconds = time.perf_counter() - start
 
     stats = [split_stats(d, s) for d in domains.values() for s in load_manifest(d)["splits"]]

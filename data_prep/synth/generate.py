@@ -36,7 +36,7 @@ from .captions import captions_for, karpathy_tokens
 from .render import render
 from .scenes import sample_unique_scenes
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DOMAINS = {"synth-coco": "coco", "synth-flickr": "flickr"}  # domain -> rendering and phrasing style
 # Splits are sampled test first, so the test set does not change when the train size does.
 SPLIT_ORDER = ("test", "val", "train")

@@ -32,7 +32,9 @@ BACKGROUND_RGB = {
     "snow": ((235, 240, 248), (200, 210, 225)),
     "night": ((20, 20, 50), (5, 5, 15)),
 }
-RADIUS = {"small": 0.09, "large": 0.15}  # fraction of the image side; a grid cell is 1/3
+RADIUS = {"small": 0.08, "large": 0.13}  # fraction of the image side; a grid cell is 1/3
+# Farthest a (rotated) shape reaches from its centre, in radii; used to keep shapes inside their cell.
+EXTENT = 1.25
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -81,12 +83,12 @@ def render(scene: dict, size: int, style: str, seed: tuple[int, ...]) -> Image.I
     cell = size / 3
     for obj in scene["objects"]:
         r = RADIUS[obj["size"]] * size
-        slack = max(cell / 2 - r, 0.0) * 0.6
+        slack = max(cell / 2 - EXTENT * r, 0.0)
         cx = (COLS.index(obj["col"]) + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (ROWS.index(obj["row"]) + 0.5) * cell + rng.uniform(-slack, slack)
         color = np.array(RGB[obj["color"]], dtype=np.float32)
         if style == "flickr":
-            color = np.clip(color + rng.normal(0.0, 12.0, 3), 0, 255)
+            color = np.clip(color + rng.normal(0.0, 8.0, 3), 0, 255)
             angle = rng.uniform(-0.3, 0.3)
         else:
             angle = 0.0

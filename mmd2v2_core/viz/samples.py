@@ -16,14 +16,14 @@ from ..data.index import ImageRecord  # noqa: E402
 
 def plot_samples(rows: dict[str, list[ImageRecord]], out: Path, per_row: int = 4) -> Path:
     """One row of ``per_row`` images per named group, each titled with its first caption."""
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(3.2 * per_row, 3.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(3.2 * per_row, 4.3 * len(rows)), squeeze=False)
     for r, (name, records) in enumerate(rows.items()):
         for c in range(per_row):
             ax = axes[r][c]
             ax.axis("off")
             if c < len(records):
                 ax.imshow(open_rgb(records[c].path))
-                ax.set_title(textwrap.fill(records[c].captions[0], 34), fontsize=7)
+                ax.set_title(textwrap.fill(records[c].captions[0], 40), fontsize=7)
         axes[r][0].text(-0.08, 0.5, name, transform=axes[r][0].transAxes, rotation=90, va="center",
                         ha="right", fontsize=10)
     fig.tight_layout()

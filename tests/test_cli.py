@@ -1,0 +1,42 @@
+"""The `mmd2v2` command as a user types it."""
+
+import json
+import subprocess
+import sys
+
+from mmd2v2_core.cli import main
+
+
+def test_data_synth_and_karpathy_commands(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--profile", "smoke", "--seed", "3"]) == 0
+    assert "synth-coco: " in capsys.readouterr().out
+    domain = tmp_path / "d" / "synth-flickr"
+    assert main(["data", "karpathy", "--json", str(domain / "dataset_synth-flickr.json"),
+                 "--images", str(domain / "images"), "--out", str(tmp_path / "idx")]) == 0
+    assert "synth-flickr test: 128 images, 643 captions" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
+    bad = tmp_path / "dataset_coco.json"
+    bad.write_text(json.dumps({"dataset": "coco", "images": [{"filename": "a.jpg", "imgid": 0, "split": "test"}]}))
+    (tmp_path / "img").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", "data", "karpathy", "--json", str(bad),
+                           "--images", str(tmp_path / "img"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {bad}: images[0]: missing field 'sentences'"
+
+
+def test_study_smoke_writes_report_and_lists_what_is_missing(tmp_path, capsys):
+    reports = tmp_path / "reports"
+    assert main(["study", "--profile", "smoke", "--data-dir", str(tmp_path / "data"), "--reports", str(reports)]) == 0
+    report = (reports / "report.md").read_text()
+    assert "| synth-coco | test | 256 | 1,283 | 5–7 |" in report
+    assert "| synth-flickr | test | 128 | 643 | 5–7 |" in report
+    assert "03_retrieval_eval" in report and "Pending stages" in report
+    assert (reports / "figures" / "synthetic_samples.png").stat().st_size > 10_000
+
+
+def test_study_refuses_unknown_profile(tmp_path, capsys):
+    assert main(["study", "--profile", "real", "--data-dir", str(tmp_path)]) == 2
+    assert "profile 'real'" in capsys.readouterr().err
