@@ -1,4 +1,4 @@
-"""The ``mmd2v2`` command: ``data synth``, ``data karpathy``, ``study``.
+"""The ``mmd2v2`` command: ``data synth``, ``data karpathy``, ``report tables``, ``study``.
 
 Errors the user can fix (``KitError``) are printed as one line naming the file, field or key, with
 exit status 2; anything else is a bug and keeps its traceback.
@@ -31,6 +31,14 @@ def _data_karpathy(args: argparse.Namespace) -> None:
         print(f"dropped {len(manifest['dropped'])} bad images, listed in {Path(args.out) / 'dropped.json'}")
 
 
+def _report_tables(args: argparse.Namespace) -> None:
+    from .report.tables import load_references, load_results, seed_tables, write_tables
+
+    tables = seed_tables(load_references(args.references), load_results(args.results))
+    for path in write_tables(tables, args.out):
+        print(path)
+
+
 def _study(args: argparse.Namespace) -> None:
     from .study import run_study
 
@@ -61,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     karpathy.add_argument("--keep-restval", action="store_true", help="keep COCO 'restval' as its own split")
     karpathy.add_argument("--workers", type=int, default=None)
     karpathy.set_defaults(func=_data_karpathy)
+
+    report = sub.add_parser("report", help="regenerate report pieces").add_subparsers(dest="report_command",
+                                                                                     required=True)
+    tables = report.add_parser("tables", help="the seed's Tables 1 and 2 (+ synthetic companions) as md, tex, csv")
+    tables.add_argument("--results", nargs="*", type=Path, default=[], help="results JSON files of measured rows")
+    tables.add_argument("--references", type=Path, default=None, help="quoted numbers (default: the packaged file)")
+    tables.add_argument("--out", type=Path, default=Path("reports/tables"))
+    tables.set_defaults(func=_report_tables)
 
     study = sub.add_parser("study", help="run the study and regenerate reports/")
     study.add_argument("--profile", default="embedded", help="smoke | embedded | real")

@@ -34,9 +34,19 @@ def test_study_smoke_writes_report_and_lists_what_is_missing(tmp_path, capsys):
     assert "| synth-coco | test | 256 | 1,283 | 5–7 |" in report
     assert "| synth-flickr | test | 128 | 643 | 5–7 |" in report
     assert "03_retrieval_eval" in report and "Pending stages" in report
+    assert "| FLAVA | 42.74 | 76.76 | - |" in report and (reports / "tables" / "table2.tex").is_file()
     assert (reports / "figures" / "synthetic_samples.png").stat().st_size > 10_000
 
 
 def test_study_refuses_unknown_profile(tmp_path, capsys):
     assert main(["study", "--profile", "real", "--data-dir", str(tmp_path)]) == 2
     assert "profile 'real'" in capsys.readouterr().err
+
+
+def test_report_tables_command(tmp_path, capsys):
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps({"row": "kit", "dataset": "synth-coco", "split": "test",
+                                  "metrics": {f"{d}_r{k}": 1.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}}))
+    assert main(["report", "tables", "--results", str(result), "--out", str(tmp_path / "t")]) == 0
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(
+        f"{t}.{e}" for t in ("table1", "table2", "table1_synthetic") for e in ("md", "tex", "csv"))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-DEFAULT_CHUNK_BYTES = 64 * 2**20
+DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,21 @@ class RetrievalRanks:
 def _check(image_emb, text_emb, text_to_image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     image_emb = torch.as_tensor(image_emb)
     text_emb = torch.as_tensor(text_emb, device=image_emb.device)
-    t2i = torch.as_tensor(np.asarray(text_to_image) if not torch.is_tensor(text_to_image) else text_to_image,
-                          dtype=torch.long, device=image_emb.device)
+    t2i = torch.as_tensor(text_to_image, dtype=torch.long, device=image_emb.device)
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(f"need image_emb [N, D] and text_emb [M, D]; got {tuple(image_emb.shape)} and "
                          f"{tuple(text_emb.shape)}")
-    if t2i.shape != (text_emb.shape[0],):
-        raise ValueError(f"text_to_image needs one entry per caption ({text_emb.shape[0]}), got {tuple(t2i.shape)}")
-    n = image_emb.shape[0]
-    if len(t2i) and (t2i.min() < 0 or t2i.max() >= n):
-        raise ValueError(f"text_to_image has rows outside [0, {n})")
-    if torch.bincount(t2i, minlength=n).min() == 0:
-        raise ValueError("every image needs at least one caption (image→text recall is undefined otherwise)")
+    _check_mapping(t2i, image_emb.shape[0], text_emb.shape[0])
     return (F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1), t2i)
+
+
+def _check_mapping(t2i: torch.Tensor, n: int, m: int) -> None:
+    if t2i.shape != (m,):
+        raise ValueError(f"text_to_image needs one entry per caption ({m}), got {tuple(t2i.shape)}")
+    if m and (t2i.min() < 0 or t2i.max() >= n):
+        raise ValueError(f"text_to_image has rows outside [0, {n})")
+    if n and torch.bincount(t2i, minlength=n).min() == 0:
+        raise ValueError("every image needs at least one caption (image→text recall is undefined otherwise)")
 
 
 def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -84,33 +86,42 @@ def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ahead.sum(1)
 
 
+def _image_query_ranks(scores: torch.Tensor, rows: torch.Tensor, t2i: torch.Tensor):
+    """For image rows ``rows`` (scores [c, M]): rank of the best-ranked own caption, and which caption."""
+    positive = t2i[None, :] == rows[:, None]
+    best_score = scores.masked_fill(~positive, float("-inf")).amax(1, keepdim=True)
+    # The best-ranked positive is the highest-scoring one, the lowest index among equals.
+    best = (positive & (scores == best_score)).to(torch.uint8).argmax(1)
+    return _rank_of(scores, best), best
+
+
 def _rows_per_chunk(n_cols: int, chunk_bytes: int) -> int:
     return max(1, chunk_bytes // (4 * max(n_cols, 1)))
 
 
+def ranks_from_scores(scores, text_to_image) -> RetrievalRanks:
+    """Ranks from a ready [N images, M captions] score matrix (hand-made cases, external scores)."""
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    t2i = torch.as_tensor(text_to_image, dtype=torch.long, device=scores.device)
+    _check_mapping(t2i, *scores.shape)
+    i2t, best = _image_query_ranks(scores, torch.arange(scores.shape[0], device=scores.device), t2i)
+    return RetrievalRanks(i2t=i2t, i2t_best_caption=best, t2i=_rank_of(scores.T.contiguous(), t2i))
+
+
 def retrieval_ranks(image_emb, text_emb, text_to_image, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> RetrievalRanks:
+    """Ranks from embeddings, computing the score matrix chunk by chunk on the embeddings' device."""
     img, txt, t2i = _check(image_emb, text_emb, text_to_image)
     n, m = img.shape[0], txt.shape[0]
-    cols = torch.arange(m, device=img.device)
-
     i2t_rank = torch.empty(n, dtype=torch.long, device=img.device)
     i2t_best = torch.empty(n, dtype=torch.long, device=img.device)
     step = _rows_per_chunk(m, chunk_bytes)
     for start in range(0, n, step):
         rows = torch.arange(start, min(start + step, n), device=img.device)
-        scores = img[rows] @ txt.T  # [c, M]
-        positive = t2i[None, :] == rows[:, None]
-        best_score = scores.masked_fill(~positive, float("-inf")).amax(1, keepdim=True)
-        # Among an image's captions the best-ranked is the highest-scoring, lowest index first.
-        best = (positive & (scores == best_score)).int().argmax(1)
-        i2t_best[rows] = best
-        i2t_rank[rows] = _rank_of(scores, best)
-        del scores, positive
-
+        i2t_rank[rows], i2t_best[rows] = _image_query_ranks(img[rows] @ txt.T, rows, t2i)
     t2i_rank = torch.empty(m, dtype=torch.long, device=img.device)
     step = _rows_per_chunk(n, chunk_bytes)
     for start in range(0, m, step):
-        rows = cols[start:start + step]
+        rows = slice(start, start + step)
         t2i_rank[rows] = _rank_of(txt[rows] @ img.T, t2i[rows])
     return RetrievalRanks(i2t=i2t_rank, i2t_best_caption=i2t_best, t2i=t2i_rank)
 

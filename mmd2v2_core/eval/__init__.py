@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metric (``retrieval``), encoding of evaluation splits (``embed``)."""

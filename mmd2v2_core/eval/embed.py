@@ -1,0 +1,100 @@
+"""Encode an evaluation split with any model that has ``encode_image`` and ``encode_text``.
+
+The model is the student, or — for the unaligned baseline of the seed's Table 1 — an image model and
+a text model side by side (``PairedEncoders``). Encoding runs in eval mode without gradients, in
+batches, images once each (``RetrievalSplit`` deduplicates them by id) and every caption.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.datasets import RetrievalSplit
+from ..data.tokenizer import CaptionTokenizer
+from ..progress import progress
+from .retrieval import retrieval_ranks
+
+
+class Encoder(Protocol):
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+class PairedEncoders(nn.Module):
+    """Two unimodal models used as one dual encoder (no alignment: the seed's "Data2Vec2" row)."""
+
+    def __init__(self, image_model: nn.Module, text_model: nn.Module):
+        super().__init__()
+        self.image_model, self.text_model = image_model, text_model
+
+    def encode_image(self, images):
+        return self.image_model.encode_image(images)
+
+    def encode_text(self, input_ids, attention_mask):
+        return self.text_model.encode_text(input_ids, attention_mask)
+
+
+@contextmanager
+def eval_mode(model):
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        yield
+    finally:
+        if isinstance(model, nn.Module):
+            model.train(was_training)
+
+
+@dataclass(frozen=True)
+class SplitEmbeddings:
+    image: torch.Tensor  # [N, D] float32
+    text: torch.Tensor  # [M, D] float32
+    text_to_image: torch.Tensor  # [M]
+
+
+@torch.no_grad()
+def embed_split(model: Encoder, split: RetrievalSplit, transform: Callable, tokenizer: CaptionTokenizer,
+                batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0) -> SplitEmbeddings:
+    images, texts = [], []
+    with eval_mode(model):
+        loader = DataLoader(split.images(transform), batch_size=batch_size, num_workers=num_workers)
+        for batch in progress(loader, desc=f"encoding {split.name} images"):
+            images.append(model.encode_image(batch["image"].to(device)).float())
+        starts = range(0, len(split.captions), batch_size)
+        for start in progress(starts, desc=f"encoding {split.name} captions"):
+            tokens = tokenizer(split.captions[start:start + batch_size])
+            texts.append(model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float())
+    return SplitEmbeddings(torch.cat(images), torch.cat(texts),
+                           torch.as_tensor(split.text_to_image, dtype=torch.long, device=device))
+
+
+def evaluate_retrieval(model: Encoder, index_dir: str | Path, split: str, transform: Callable,
+                       tokenizer: CaptionTokenizer, batch_size: int = 256, device: str = "cpu",
+                       num_workers: int = 0) -> dict:
+    """Encode ``split`` of a prepared dataset and score it: metrics, rank summary and what was measured."""
+    from ..data.index import load_manifest
+
+    data = RetrievalSplit.from_index(index_dir, split)
+    start = time.perf_counter()
+    emb = embed_split(model, data, transform, tokenizer, batch_size, device, num_workers)
+    ranks = retrieval_ranks(emb.image, emb.text, emb.text_to_image)
+    return {
+        "dataset": load_manifest(index_dir)["dataset"],
+        "split": split,
+        "data": str(Path(index_dir).resolve()),
+        "images": len(data.records),
+        "captions": len(data.captions),
+        "metrics": ranks.recalls(),
+        "ranks": ranks.summary(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -1,0 +1,183 @@
+"""The seed's retrieval tables, regenerated from quoted references plus this kit's measured results.
+
+Quoted rows come from ``references.yaml`` (digits exactly as published). Measured rows come from the
+results JSON files that ``evaluate_retrieval`` writes (one per model, dataset and split), grouped by
+their ``row`` label. A measured row goes into the table whose column groups are the datasets it was
+measured on: real COCO / Flickr30K results join the seed tables (section "Measured with this kit");
+synthetic results get tables of their own, headed ``synth-coco`` / ``synth-flickr``, so a synthetic
+number can never sit under an MSCOCO or Flickr30K heading.
+
+Every table is written as Markdown, LaTeX (booktabs) and CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ..errors import DataError
+
+DATASET_HEADINGS = {
+    "coco": "MSCOCO (5K test set)",
+    "flickr30k": "Flickr30K (1K test set)",
+    "synth-coco": "synth-coco (5K test set)",
+    "synth-flickr": "synth-flickr (1K test set)",
+}
+REAL = ("coco", "flickr30k")
+SYNTHETIC = ("synth-coco", "synth-flickr")
+DATASET_SHORT = {"coco": "MSCOCO 5K", "flickr30k": "Flickr30K 1K", "synth-coco": "synth-coco 5K",
+                 "synth-flickr": "synth-flickr 1K"}
+DIRECTIONS = (("i2t", "Image → Text"), ("t2i", "Text → Image"))
+KS = (1, 5, 10)
+MISSING = "-"
+
+
+@dataclass
+class Row:
+    label: str
+    cells: dict[str, list[str]]  # dataset -> [i2t R@1, R@5, R@10, t2i R@1, R@5, R@10]
+    source: str
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    datasets: tuple[str, ...]
+    sections: list[tuple[str | None, list[Row]]]
+    notes: list[str] = field(default_factory=list)
+
+
+def load_references(path: str | Path | None = None) -> dict:
+    text = (Path(path).read_text() if path else
+            resources.files("mmd2v2_core.report").joinpath("references.yaml").read_text())
+    return yaml.safe_load(text)
+
+
+def reference_row(entry: dict) -> Row:
+    return Row(entry["label"], {d: list(entry[d]["i2t"]) + list(entry[d]["t2i"]) for d in REAL if d in entry},
+               entry["source"])
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def measured_rows(results: list[dict]) -> list[Row]:
+    """One row per ``row`` label, with a cell list per dataset it was measured on."""
+    rows: dict[str, Row] = {}
+    for r in results:
+        for key in ("row", "dataset", "metrics"):
+            if key not in r:
+                raise DataError(f"results file {r.get('_file', '?')}: missing field {key!r}")
+        m = r["metrics"]
+        cells = [_fmt(m[f"{d}_r{k}"]) for d, _ in DIRECTIONS for k in KS]
+        row = rows.setdefault(r["row"], Row(r["row"], {}, f"measured: {r.get('checkpoint', 'this kit')}"))
+        row.cells[r["dataset"]] = cells
+    return list(rows.values())
+
+
+def load_results(paths: list[str | Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        try:
+            data = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"results file {p}: {exc}") from None
+        for r in data if isinstance(data, list) else [data]:
+            out.append({**r, "_file": str(p)})
+    return out
+
+
+def seed_tables(references: dict, results: list[dict] = ()) -> list[Table]:
+    """Tables 1 and 2 of the seed (quoted rows + measured real-data rows) and synthetic companions."""
+    entries = references["entries"]
+    measured = measured_rows(list(results))
+    real_measured = [r for r in measured if set(r.cells) & set(REAL)]
+    synth_measured = [r for r in measured if set(r.cells) & set(SYNTHETIC)]
+    tables = []
+    for name, spec in references["tables"].items():
+        sections = [(s["title"], [reference_row(entries[k]) for k in s["rows"]]) for s in spec["sections"]]
+        if real_measured:
+            sections.append(("Measured with this kit", real_measured))
+        tables.append(Table(name, spec["title"], REAL, sections, list(spec.get("notes", []))))
+    if synth_measured:
+        tables.append(Table(
+            "table1_synthetic",
+            "Table 1 (synthetic): the same measurements on the kit's synthetic benchmarks",
+            SYNTHETIC, [(None, synth_measured)],
+            ["Measured on generated data (synth-coco 5K test, synth-flickr 1K test, never trained on); "
+             "not comparable with MSCOCO or Flickr30K numbers."],
+        ))
+    return tables
+
+
+def _cells(row: Row, datasets) -> list[str]:
+    return [c for d in datasets for c in row.cells.get(d, [MISSING] * 6)]
+
+
+def render_markdown(table: Table) -> str:
+    # Markdown has one header row: name the dataset and direction where their column groups start.
+    heads = [(f"{DATASET_SHORT[d]} " if (i, k) == (0, 1) else "") + (f"{dir_.upper().replace('2', '→')} " if k == 1 else "")
+             + f"R@{k}" for d in table.datasets for i, (dir_, _) in enumerate(DIRECTIONS) for k in KS]
+    lines = [f"**{table.title}**", "", "| Model | " + " | ".join(heads) + " |",
+             "|---|" + "---:|" * len(heads)]
+    for title, rows in table.sections:
+        if title:
+            lines.append(f"| *{title}* |" + " |" * len(heads))
+        lines += ["| " + " | ".join([row.label, *_cells(row, table.datasets)]) + " |" for row in rows]
+    lines += [""] + [f"{note}  " for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _tex(text: str) -> str:
+    return (text.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%")
+            .replace("_", r"\_").replace("#", r"\#").replace("†", r"$^\dagger$"))
+
+
+def render_latex(table: Table) -> str:
+    n = len(table.datasets)
+    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "rrr" * 2 * n + "}", r"\toprule"]
+    out.append(" & " + " & ".join(rf"\multicolumn{{6}}{{c}}{{{_tex(DATASET_HEADINGS[d])}}}" for d in table.datasets)
+               + r" \\")
+    out.append(" ".join(rf"\cmidrule(lr){{{2 + 6 * i}-{7 + 6 * i}}}" for i in range(n)))
+    out.append(" & " + " & ".join(r"\multicolumn{3}{c}{" + a.replace("→", r"$\rightarrow$") + "}"
+                                  for _ in table.datasets for _, a in DIRECTIONS) + r" \\")
+    out.append(r"Model & " + " & ".join(f"R@{k}" for _ in range(2 * n) for k in KS) + r" \\")
+    out.append(r"\midrule")
+    for title, rows in table.sections:
+        if title:
+            out.append(rf"\multicolumn{{{1 + 6 * n}}}{{l}}{{\textit{{{_tex(title)}}}}} \\")
+        out += [" & ".join([_tex(row.label), *_cells(row, table.datasets)]) + r" \\" for row in rows]
+    out += [r"\bottomrule", r"\end{tabular}",
+            rf"\caption{{{_tex(table.title)}. {' '.join(_tex(n_) for n_ in table.notes)}}}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def render_csv(table: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["section", "model", *[f"{d}/{dir_}/R@{k}" for d in table.datasets for dir_, _ in DIRECTIONS
+                                           for k in KS], "source"])
+    for title, rows in table.sections:
+        for row in rows:
+            writer.writerow([title or "", row.label, *_cells(row, table.datasets), row.source])
+    return buf.getvalue()
+
+
+def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for table in tables:
+        for ext, render in (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)):
+            path = out_dir / f"{table.name}.{ext}"
+            path.write_text(render(table), encoding="utf-8")
+            written.append(path)
+    return written
