@@ -1,4 +1,4 @@
-"""The ``mmd2v2`` command: ``data synth``, ``data karpathy``, ``report tables``, ``study``.
+"""The ``mmd2v2`` command: ``data synth|karpathy``, ``teachers list|inspect``, ``targets``, ``report tables``, ``study``.
 
 Errors the user can fix (``KitError``) are printed as one line naming the file, field or key, with
 exit status 2; anything else is a bug and keeps its traceback.
@@ -7,6 +7,7 @@ exit status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,6 +32,50 @@ def _data_karpathy(args: argparse.Namespace) -> None:
         print(f"dropped {len(manifest['dropped'])} bad images, listed in {Path(args.out) / 'dropped.json'}")
 
 
+def _teachers_list(args: argparse.Namespace) -> None:
+    from .teachers.inspect import list_teachers
+
+    rows = list_teachers(args.weights_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<19}{'modality':<9}{'params':>8} {'dim':>5} {'classes':>7}  available  architecture")
+    for r in rows:
+        print(f"{r['name']:<19}{r['modality']:<9}{r['parameters'] / 1e6:>7.1f}M {r['feature_dim']:>5} {r['classes']:>7}  "
+              f"{(r['found_at'] or 'no'):<9}  {r['architecture']}")
+        print(f"{'':<19}weights: {r['weights']}" + (f" — file {r['file']}" if r["file"] else ""))
+
+
+def _teachers_inspect(args: argparse.Namespace) -> None:
+    from .teachers.inspect import inspect_teacher
+    from .teachers.registry import create_teacher
+
+    report = inspect_teacher(create_teacher(args.name, args.weights, args.tiny, args.weights_dir), args.images)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{report['name']}{' (tiny, random init)' if report['tiny'] else ''}: {report['architecture']}")
+    print(f"  parameters {report['parameters']:,}  feature dim {report['feature_dim']}  "
+          f"weights sha256 {report['weights_sha256']}")
+    print("  outputs: " + ", ".join(f"{k} {v}" for k, v in report["outputs"].items() if v is not None))
+    for path, top in report.get("predictions", {}).items():
+        print(f"  {path}:")
+        for p in top:
+            print(f"    {p['probability']:6.1%}  {p['class']:>4}  {p['name']}")
+
+
+def _targets(args: argparse.Namespace) -> None:
+    from .teachers.cache import build_cache
+    from .teachers.inspect import preprocess_of
+    from .teachers.registry import create_teacher
+
+    teacher = create_teacher(args.teacher, args.weights, args.tiny, args.weights_dir)
+    result = build_cache(teacher, args.kind, args.data, args.split, args.out, preprocess_of(teacher, args.image_size),
+                         top_k=args.top_k, batch_size=args.batch_size, shard_size=args.shard_size,
+                         device=args.device, num_workers=args.workers, overwrite=args.overwrite)
+    print(f"{result.folder}: computed shards {result.computed or 'none'}, reused {result.reused or 'none'}")
+
+
 def _report_tables(args: argparse.Namespace) -> None:
     from .report.tables import load_references, load_results, seed_tables, write_tables
 
@@ -44,6 +89,18 @@ def _study(args: argparse.Namespace) -> None:
 
     report = run_study(args.profile, args.data_dir, args.reports, args.seed)
     print(f"report: {report}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _teacher_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", type=Path, default=None, help="the teacher's weight file or folder")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="folder of weight files (default: $MMD2V2_WEIGHTS_DIR or ./weights)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random-init variant of the same architecture")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +126,35 @@ def build_parser() -> argparse.ArgumentParser:
     karpathy.add_argument("--keep-restval", action="store_true", help="keep COCO 'restval' as its own split")
     karpathy.add_argument("--workers", type=int, default=None)
     karpathy.set_defaults(func=_data_karpathy)
+
+    teachers = sub.add_parser("teachers", help="the teacher registry").add_subparsers(dest="teachers_command",
+                                                                                       required=True)
+    tlist = teachers.add_parser("list", help="every teacher, its size, and whether its weights are here")
+    tlist.add_argument("--json", action="store_true")
+    tlist.add_argument("--weights-dir", type=Path, default=None, help="folder of weight files (default: $MMD2V2_WEIGHTS_DIR or ./weights)")
+    tlist.set_defaults(func=_teachers_list)
+    tinspect = teachers.add_parser("inspect", help="load a teacher and show what it produces")
+    tinspect.add_argument("name")
+    tinspect.add_argument("--images", nargs="*", default=[], help="photos to classify (teachers with an ImageNet head)")
+    tinspect.add_argument("--json", action="store_true")
+    _teacher_source_args(tinspect)
+    tinspect.set_defaults(func=_teachers_inspect)
+
+    targets = sub.add_parser("targets", help="compute a teacher's targets for a split once, into a cache")
+    targets.add_argument("--teacher", required=True)
+    targets.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
+    targets.add_argument("--split", default="train")
+    targets.add_argument("--out", required=True, type=Path, help="cache folder")
+    targets.add_argument("--kind", default="cls", help="cls | cls_prenorm | mean | layer_avg | pooled | logits")
+    targets.add_argument("--top-k", type=int, default=8, help="layers averaged by layer_avg")
+    targets.add_argument("--image-size", type=int, default=None, help="default: the teacher's")
+    targets.add_argument("--batch-size", type=int, default=64)
+    targets.add_argument("--shard-size", type=int, default=4096)
+    targets.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    targets.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    targets.add_argument("--overwrite", action="store_true", help="replace a cache made with another fingerprint")
+    _teacher_source_args(targets)
+    targets.set_defaults(func=_targets)
 
     report = sub.add_parser("report", help="regenerate report pieces").add_subparsers(dest="report_command",
                                                                                      required=True)

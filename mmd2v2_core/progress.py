@@ -13,10 +13,13 @@ from typing import Iterable, TypeVar
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
+def progress(iterable: Iterable[T] | None = None, **kwargs):
+    """A tqdm bar over ``iterable`` (or a manual one: ``progress(total=n)`` then ``.update(k)``)."""
     mode = os.environ.get("MMD2V2_PROGRESS", "auto")
     if mode == "off":
-        return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, disable=True, **kwargs)
     if mode == "plain" or os.environ.get("CI"):
         from tqdm import tqdm
 

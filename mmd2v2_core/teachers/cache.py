@@ -1,0 +1,205 @@
+"""Teacher targets computed once, stored as fp16 shards that training memory-maps.
+
+Layout of a cache folder::
+
+    meta.json          format, fingerprint, sizes
+    ids.npy            int64 image ids, in the split's order (row r of the cache is image ids[r])
+    shard_00000.npy    float16 [shard_size, D] (the last shard may be shorter)
+
+The **fingerprint** names everything the targets depend on: teacher name and weight hash, target
+kind, preprocessing (size, mean, std, resize), and the dataset (name, split, hash of its index file).
+Opening a cache with another fingerprint is refused with the fields that differ — a cache never
+silently belongs to another teacher. Each shard is written to a temporary file and renamed, so a
+killed run leaves only whole shards; rerunning computes just the missing ones. Under ``torchrun``
+rank r computes shards r, r + world, r + 2·world … (CC3M/CC12M scale).
+
+Targets come from one fixed, un-augmented view per image (the evaluation resize); training with
+augmented views needs the online teacher instead (``train`` keeps both paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..data.datasets import ImageSet
+from ..data.index import load_manifest, read_split, write_text_atomic
+from ..data.transforms import ImageTransformConfig, eval_transform
+from ..errors import DataError
+from ..progress import progress
+from .registry import Teacher
+from .targets import compute_target
+
+CACHE_FORMAT = "mmd2v2-target-cache"
+CACHE_VERSION = 1
+
+
+def dataset_fingerprint(index_dir: str | Path, split: str) -> dict:
+    index_dir = Path(index_dir)
+    digest = hashlib.sha256((index_dir / f"{split}.jsonl").read_bytes()).hexdigest()[:16]
+    return {"name": load_manifest(index_dir)["dataset"], "split": split, "index_sha256": digest}
+
+
+def fingerprint(teacher: Teacher, kind: str, top_k: int, preprocess: ImageTransformConfig, dataset: dict) -> dict:
+    return {
+        "teacher": teacher.spec.name + (" (tiny random-init)" if teacher.tiny else ""),
+        "weights_sha256": teacher.weight_hash(),
+        "target": kind if kind != "layer_avg" else f"layer_avg(top {top_k})",
+        "preprocess": {"size": preprocess.size, "mean": list(preprocess.mean), "std": list(preprocess.std),
+                       "resize": "bicubic, square, no crop"},
+        "dataset": dataset,
+    }
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: cache has {a!r}, wanted {b!r}")
+    return out
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _shard_path(folder: Path, s: int) -> Path:
+    return folder / f"shard_{s:05d}.npy"
+
+
+def _shard_problem(path: Path, rows: int, dim: int) -> str | None:
+    if not path.is_file():
+        return "missing"
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        return f"unreadable ({exc})"
+    if arr.shape != (rows, dim) or arr.dtype != np.float16:
+        return f"shape {arr.shape} {arr.dtype}, expected ({rows}, {dim}) float16"
+    return None
+
+
+@dataclass(frozen=True)
+class CacheBuild:
+    folder: Path
+    computed: list[int]
+    reused: list[int]
+
+
+@torch.no_grad()
+def build_cache(teacher: Teacher, kind: str, index_dir: str | Path, split: str, out_dir: str | Path,
+                preprocess: ImageTransformConfig, top_k: int = 8, batch_size: int = 64, shard_size: int = 4096,
+                device: str = "cpu", num_workers: int = 0, overwrite: bool = False) -> CacheBuild:
+    out_dir = Path(out_dir)
+    records = read_split(index_dir, split)
+    fp = fingerprint(teacher, kind, top_k, preprocess, dataset_fingerprint(index_dir, split))
+    n, n_shards = len(records), -(-len(records) // shard_size)
+    rank, world = _dist_rank_world()
+    teacher = teacher.to(device)
+    probe = compute_target(teacher(eval_transform(preprocess)(_first_image(records))[None].to(device)), kind, top_k,
+                           _prefix_tokens(teacher))
+    meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "fingerprint": fp, "items": n,
+            "dim": probe.shape[1], "shard_size": shard_size, "shards": n_shards}
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        diff = _differences({**old, "fingerprint": old.get("fingerprint", {})}, meta)
+        if diff and not overwrite:
+            raise DataError(f"{out_dir}: holds other targets: " + "; ".join(diff) +
+                            ". Choose another --out or pass --overwrite to recompute.")
+        if diff:
+            for s in range(int(old.get("shards", 0))):
+                _shard_path(out_dir, s).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+        ids_tmp = out_dir / f".ids.tmp{os.getpid()}.npy"
+        np.save(ids_tmp, np.array([r.image_id for r in records], dtype=np.int64))
+        os.replace(ids_tmp, out_dir / "ids.npy")
+
+    mine = [s for s in range(rank, n_shards, world)]
+    todo = [s for s in mine if _shard_problem(_shard_path(out_dir, s), min(shard_size, n - s * shard_size),
+                                              meta["dim"])]
+    images = ImageSet(records, eval_transform(preprocess))
+    bar = progress(total=sum(min(shard_size, n - s * shard_size) for s in todo), desc=f"targets {kind}")
+    for s in todo:
+        rows = range(s * shard_size, min((s + 1) * shard_size, n))
+        chunks = []
+        for batch in DataLoader(Subset(images, rows), batch_size=batch_size, num_workers=num_workers):
+            out = teacher(batch["image"].to(device))
+            chunks.append(compute_target(out, kind, top_k, _prefix_tokens(teacher)).cpu())
+            bar.update(len(batch["image"]))
+        path = _shard_path(out_dir, s)
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
+        np.save(tmp, torch.cat(chunks).numpy().astype(np.float16))
+        os.replace(tmp, path)
+    bar.close()
+    return CacheBuild(out_dir, computed=todo, reused=[s for s in mine if s not in todo])
+
+
+def _first_image(records):
+    from ..data.images import open_rgb
+
+    return open_rgb(records[0].path)
+
+
+def _prefix_tokens(teacher: Teacher) -> int:
+    return getattr(teacher.model, "num_prefix_tokens", 1)
+
+
+class TargetCache:
+    """Read side: memory-mapped shards, looked up by image id. Never loads the teacher."""
+
+    def __init__(self, folder: str | Path, expected: dict | None = None):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            raise DataError(f"{self.folder}: no meta.json — not a target cache (create one with `mmd2v2 targets`)")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
+            raise DataError(f"{meta_path}: not a version-{CACHE_VERSION} target cache")
+        if expected is not None:
+            diff = _differences(self.meta["fingerprint"], expected)
+            if diff:
+                raise DataError(f"{self.folder}: stale target cache: " + "; ".join(diff) +
+                                ". Recompute it with `mmd2v2 targets ... --overwrite`.")
+        n, size, dim = self.meta["items"], self.meta["shard_size"], self.meta["dim"]
+        problems = {s: _shard_problem(_shard_path(self.folder, s), min(size, n - s * size), dim)
+                    for s in range(self.meta["shards"])}
+        bad = {s: p for s, p in problems.items() if p}
+        if bad:
+            listed = ", ".join(f"{_shard_path(self.folder, s).name} ({p})" for s, p in list(bad.items())[:5])
+            raise DataError(f"{self.folder}: {len(bad)} of {len(problems)} shards incomplete: {listed}. "
+                            "Rerun `mmd2v2 targets` with the same arguments to finish it.")
+        self.shards = [np.load(_shard_path(self.folder, s), mmap_mode="r") for s in range(self.meta["shards"])]
+        ids = np.load(self.folder / "ids.npy")
+        self.row_of = {int(i): r for r, i in enumerate(ids)}
+
+    @property
+    def dim(self) -> int:
+        return self.meta["dim"]
+
+    def __len__(self) -> int:
+        return self.meta["items"]
+
+    def lookup(self, image_ids) -> torch.Tensor:
+        """float32 [B, D] targets of these image ids."""
+        size = self.meta["shard_size"]
+        try:
+            rows = [self.row_of[int(i)] for i in image_ids]
+        except KeyError as exc:
+            raise DataError(f"{self.folder}: image id {exc.args[0]} is not in this cache "
+                            f"({self.meta['fingerprint']['dataset']})") from None
+        return torch.from_numpy(np.stack([self.shards[r // size][r % size] for r in rows]).astype(np.float32))
