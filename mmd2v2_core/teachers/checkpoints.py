@@ -27,6 +27,9 @@ class Foreign:
     """Stand-in for an object of a class we do not import: records its name, arguments and state."""
 
     qualname = "?"
+    args: tuple = ()  # class-level defaults: unpickling may create the object without calling __init__
+    kwargs: dict = {}
+    state = None
 
     def __init__(self, *args, **kwargs):
         self.args, self.kwargs, self.state = args, kwargs, None

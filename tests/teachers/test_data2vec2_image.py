@@ -1,0 +1,235 @@
+"""Data2Vec2-image: the fairseq-layout converter and the timm model it fills.
+
+The mapping is proven against an independent reference: ``reference_forward`` runs the ORIGINAL
+architecture (fairseq's ImageEncoder + AltBlock, post-LN) with plain torch ops straight from the
+original-layout tensors of a tiny checkpoint, and the converted timm model must agree with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mmd2v2_core.errors import DataError
+from mmd2v2_core.teachers.base import MissingWeights, timm_outputs
+from mmd2v2_core.teachers.data2vec2_image import (build_data2vec2_image, convert_data2vec2_image,
+                                                  load_data2vec2_image)
+
+IMG = "modality_encoders.IMAGE."
+DIM, HEADS, PATCH, SIZE, PRENET, SHARED, HIDDEN = 32, 2, 8, 32, 2, 1, 64
+BLOCK = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+         "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
+
+
+def mae_positions(grid: int, dim: int) -> torch.Tensor:
+    """MAE's get_2d_sincos_pos_embed, re-derived in numpy: np.meshgrid(w, h) puts the column first."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
+    col, row = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
+
+    def half(pos):
+        angles = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return torch.from_numpy(np.concatenate([half(col), half(row)], axis=1)).float()
+
+
+def block_prefixes() -> list[str]:
+    return [f"{IMG}context_encoder.blocks.{i}." for i in range(PRENET)] + [f"blocks.{i}." for i in range(SHARED)]
+
+
+def original_state(seed: int = 0) -> dict:
+    """A tiny data2vec 2.0 image model's state dict with fairseq's key names and shapes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    state = {
+        IMG + "local_encoder.proj.weight": rand(DIM, 3, PATCH, PATCH),
+        IMG + "local_encoder.proj.bias": rand(DIM),
+        IMG + "extra_tokens": rand(1, 1, DIM, scale=1.0),
+        IMG + "fixed_positional_encoder.positions": mae_positions(SIZE // PATCH, DIM).unsqueeze(0),
+        IMG + "context_encoder.norm.weight": 1 + rand(DIM, scale=0.1),
+        IMG + "context_encoder.norm.bias": rand(DIM, scale=0.1),
+    }
+    shapes = {"attn.qkv.weight": (3 * DIM, DIM), "attn.qkv.bias": (3 * DIM,), "attn.proj.weight": (DIM, DIM),
+              "mlp.fc1.weight": (HIDDEN, DIM), "mlp.fc1.bias": (HIDDEN,), "mlp.fc2.weight": (DIM, HIDDEN)}
+    for prefix in block_prefixes():
+        for name in BLOCK:
+            if name.startswith("norm") and name.endswith("weight"):
+                state[prefix + name] = 1 + rand(DIM, scale=0.1)
+            else:
+                state[prefix + name] = rand(*shapes.get(name, (DIM,)))
+    # training-only parts: the conv decoder (Decoder2d; its LayerNorms have no parameters) and the EMA teacher
+    state[IMG + "decoder.blocks.0.0.weight"] = rand(16, DIM // 4, 3, 3)
+    state[IMG + "decoder.blocks.0.0.bias"] = rand(16)
+    state[IMG + "decoder.proj.weight"] = rand(DIM, 16)
+    state[IMG + "decoder.proj.bias"] = rand(DIM)
+    state["_ema"] = {key: value + 0.01 for key, value in state.items() if "decoder" not in key}
+    return state
+
+
+def save_original(path, state, cfg=True):
+    """Wrapped like fairseq's Trainer.state_dict: cfg as a plain dict, foreign objects elsewhere."""
+    checkpoint = {"model": state, "args": None,
+                  "extra_state": {"metrics": argparse.Namespace(loss=1.0)}}  # a class weights-only loading refuses
+    if cfg:
+        checkpoint["cfg"] = {"model": {"_name": "data2vec_multi", "depth": SHARED, "num_heads": HEADS,
+                                       "embed_dim": DIM, "layer_norm_first": False,
+                                       "modalities": {"image": {"prenet_depth": PRENET, "patch_size": PATCH}}}}
+    torch.save(checkpoint, path)
+    return path
+
+
+def expected_target(key: str) -> str:
+    """The timm name of each architecture tensor, written out independently of the module."""
+    stem = {"local_encoder.proj.weight": "patch_embed.proj.weight", "local_encoder.proj.bias": "patch_embed.proj.bias",
+            "extra_tokens": "cls_token", "fixed_positional_encoder.positions": "pos_embed",
+            "context_encoder.norm.weight": "norm_pre.weight", "context_encoder.norm.bias": "norm_pre.bias"}
+    if key.startswith(IMG) and key[len(IMG):] in stem:
+        return stem[key[len(IMG):]]
+    for i, prefix in enumerate(block_prefixes()):
+        if key.startswith(prefix):
+            return f"blocks.{i}.{key[len(prefix):]}"
+    raise KeyError(key)
+
+
+def alt_block(x, t, heads):
+    """fairseq AltBlock, layer_norm_first=False: norm1(x + attn(x)), then norm2(x + mlp(x))."""
+    B, N, C = x.shape
+    qkv = F.linear(x, t["attn.qkv.weight"], t["attn.qkv.bias"]).reshape(B, N, 3, heads, C // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    x = x + F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), t["attn.proj.weight"], t["attn.proj.bias"])
+    x = F.layer_norm(x, (C,), t["norm1.weight"], t["norm1.bias"], eps=1e-6)
+    mlp = F.linear(F.gelu(F.linear(x, t["mlp.fc1.weight"], t["mlp.fc1.bias"])), t["mlp.fc2.weight"], t["mlp.fc2.bias"])
+    return F.layer_norm(x + mlp, (C,), t["norm2.weight"], t["norm2.bias"], eps=1e-6)
+
+
+def reference_forward(state, images, heads=HEADS):
+    """The original forward (features_only, no mask, extra tokens kept): final tokens and each block's output."""
+    weight = state[IMG + "local_encoder.proj.weight"]
+    x = F.conv2d(images, weight, state[IMG + "local_encoder.proj.bias"], stride=weight.shape[-1])
+    x = x.flatten(2).transpose(1, 2) + state[IMG + "fixed_positional_encoder.positions"]
+    x = torch.cat([state[IMG + "extra_tokens"].expand(len(x), -1, -1), x], dim=1)
+    x = F.layer_norm(x, x.shape[-1:], state[IMG + "context_encoder.norm.weight"],
+                     state[IMG + "context_encoder.norm.bias"], eps=1e-6)
+    layers = []
+    for prefix in block_prefixes():
+        x = alt_block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, heads)
+        layers.append(x)
+    return x, layers
+
+
+@pytest.fixture
+def original(tmp_path):
+    return save_original(tmp_path / "base_imagenet.pt", original_state())
+
+
+def test_converter_maps_every_tensor_and_drops_training_parts(original, tmp_path):
+    out = convert_data2vec2_image(original, tmp_path / "d2v2.safetensors")
+    source = original_state()
+    architecture = {k: v for k, v in source.items() if not k.startswith(("_ema", IMG + "decoder."))}
+    with safe_open(out, framework="pt") as f:
+        converted = {key: f.get_tensor(key) for key in f.keys()}
+        meta = json.loads(f.metadata()["data2vec2_image"])
+    assert meta == {"img_size": SIZE, "patch_size": PATCH, "embed_dim": DIM, "depth": PRENET + SHARED,
+                    "num_heads": HEADS, "mlp_ratio": HIDDEN / DIM, "prenet_depth": PRENET}
+    assert len(converted) == len(architecture)  # every architecture tensor consumed, nothing else kept
+    for key, tensor in architecture.items():
+        assert torch.equal(converted[expected_target(key)], tensor), key
+    model_keys = set(load_data2vec2_image(out).state_dict())
+    assert set(converted) == model_keys  # every timm tensor filled
+
+
+def test_conversion_is_deterministic(original, tmp_path):
+    a = convert_data2vec2_image(original, tmp_path / "a.safetensors")
+    b = convert_data2vec2_image(original, tmp_path / "b.safetensors")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_converted_model_computes_the_original_forward(original):
+    model = load_data2vec2_image(original)
+    assert not model.training
+    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    expected, expected_layers = reference_forward(original_state(), images)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(images), expected, atol=1e-5, rtol=1e-5)
+        out = timm_outputs(model, images)  # forward_intermediates(return_prefix_tokens=True, output_fmt="NLC")
+    assert len(out.layers) == PRENET + SHARED
+    for got, want in zip(out.layers, expected_layers):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pooled, expected[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_pt_and_safetensors_load_the_same_model(original, tmp_path):
+    converted = convert_data2vec2_image(original, tmp_path / "d2v2.safetensors")
+    images = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(load_data2vec2_image(original)(images), load_data2vec2_image(converted)(images))
+
+
+def test_random_init_model_has_the_architecture():
+    model = build_data2vec2_image(tiny=True)
+    assert model.num_prefix_tokens == 1 and model.no_embed_class
+    assert isinstance(model.norm, torch.nn.Identity) and isinstance(model.norm_pre, torch.nn.LayerNorm)
+    assert model.patch_embed.proj.bias is not None
+    assert not model.pos_embed.requires_grad
+    torch.testing.assert_close(model.pos_embed[0], mae_positions(14, 32))
+    assert model.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
+    assert model.pretrained_cfg["std"] == (0.229, 0.224, 0.225)
+    final, layers = model.eval().forward_intermediates(torch.randn(1, 3, 224, 224), return_prefix_tokens=True,
+                                                       output_fmt="NLC")
+    assert final.shape == (1, 197, 32) and len(layers) == 3 and layers[0][1].shape == (1, 1, 32)
+    with torch.device("meta"):
+        base = build_data2vec2_image()
+    assert (len(base.blocks), base.embed_dim, base.blocks[0].attn.num_heads) == (12, 768, 12)
+    assert base.patch_embed.proj.weight.shape == (768, 3, 16, 16)
+    assert 85e6 < sum(p.numel() for p in base.parameters()) < 87e6
+
+
+def test_missing_file_and_no_path(tmp_path):
+    for name in ("base_imagenet.pt", "d2v2.safetensors"):
+        with pytest.raises(DataError, match=name):
+            load_data2vec2_image(tmp_path / name)
+    with pytest.raises(DataError, match="base_imagenet.pt"):
+        convert_data2vec2_image(tmp_path / "base_imagenet.pt", tmp_path / "out.safetensors")
+    with pytest.raises(MissingWeights, match="base_imagenet.pt"):
+        load_data2vec2_image(None)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update({IMG + "mystery.weight": torch.zeros(3)}),
+     rf"unexpected key '{IMG}mystery.weight' \(not mapped, not a known training-only part\)"),
+    (lambda s: s.update({IMG + "alibi_scale": torch.ones(1, 1, 1, 1, 1)}), "ALiBi"),
+    (lambda s: s.pop("blocks.0.mlp.fc2.bias"), "missing key.*'blocks.0.mlp.fc2.bias'"),
+    (lambda s: s.update({"blocks.0.attn.proj.bias": torch.zeros(DIM + 1)}),
+     r"'blocks.0.attn.proj.bias' has shape \(33,\).*'blocks.2.attn.proj.bias'.*\(32,\)"),
+])
+def test_bad_checkpoints_are_refused_by_name(tmp_path, edit, message):
+    state = original_state()
+    edit(state)
+    path = save_original(tmp_path / "base_imagenet.pt", state)
+    with pytest.raises(DataError, match=message) as info:
+        load_data2vec2_image(path)
+    assert "base_imagenet.pt" in str(info.value)
+
+
+def test_heads_need_the_config_for_unreleased_widths(tmp_path):
+    path = save_original(tmp_path / "base_imagenet.pt", original_state(), cfg=False)
+    with pytest.raises(DataError, match="attention heads"):
+        load_data2vec2_image(path)
+
+
+def test_safetensors_without_architecture_metadata(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({"cls_token": torch.zeros(1, 1, DIM)}, path)
+    with pytest.raises(DataError, match="plain.safetensors.*metadata"):
+        load_data2vec2_image(path)
