@@ -18,7 +18,8 @@ from ..errors import ConfigError
 
 @dataclass
 class TeacherOutput:
-    pooled: torch.Tensor  # [B, D] transformers: CLS after the final norm; CNNs: global-average-pooled features
+    pooled: torch.Tensor  # [B, D] the features the model's classifier reads (timm ``pre_logits``): CLS after the
+    # final norm for CLS-pooled ViTs, mean of the tokens + fc_norm for mean-pooled ones, global pool for CNNs
     tokens: torch.Tensor | None = None  # [B, T, D] final tokens after the final norm (CLS first); None for CNNs
     tokens_prenorm: torch.Tensor | None = None  # [B, T, D] last block's output before the final norm
     layers: list[torch.Tensor] | None = None  # per-block outputs [B, T, D], before any final norm
@@ -37,13 +38,14 @@ def timm_outputs(model: nn.Module, images: torch.Tensor) -> TeacherOutput:
         final, layers = model.forward_intermediates(images, return_prefix_tokens=True, output_fmt="NLC")
         # timm returns (patch tokens, prefix tokens) per block when asked for prefix tokens.
         layers = [torch.cat([prefix, patches], dim=1) for patches, prefix in layers]
-        logits = model.forward_head(final) if getattr(model, "num_classes", 0) else None
-        return TeacherOutput(pooled=final[:, 0], tokens=final, tokens_prenorm=layers[-1], layers=layers,
-                             logits=logits)
+        return TeacherOutput(pooled=model.forward_head(final, pre_logits=True), tokens=final,
+                             tokens_prenorm=layers[-1], layers=layers, logits=_logits(model, final))
     features = model.forward_features(images)
-    pooled = features.mean(dim=(2, 3)) if features.ndim == 4 else features
-    logits = model.forward_head(features) if getattr(model, "num_classes", 0) else None
-    return TeacherOutput(pooled=pooled, logits=logits)
+    return TeacherOutput(pooled=model.forward_head(features, pre_logits=True), logits=_logits(model, features))
+
+
+def _logits(model: nn.Module, features: torch.Tensor) -> torch.Tensor | None:
+    return model.forward_head(features) if getattr(model, "num_classes", 0) else None
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ def list_teachers(folder: str | Path | None = None) -> list[dict]:
 
 
 def preprocess_of(teacher: Teacher, size: int | None = None) -> ImageTransformConfig:
-    return ImageTransformConfig(size=size or teacher.spec.image_size, mean=teacher.spec.mean, std=teacher.spec.std)
+    return ImageTransformConfig(size=size or teacher.image_size, mean=teacher.spec.mean, std=teacher.spec.std)
 
 
 @torch.no_grad()
@@ -40,8 +40,7 @@ def inspect_teacher(teacher: Teacher, images: list[str | Path] = (), top: int = 
         ids = torch.tensor([[101, 1037, 4937, 102]])
         out = teacher(ids, torch.ones_like(ids))
     else:
-        size = teacher.spec.image_size if not teacher.tiny else 32
-        out = teacher(torch.zeros(1, 3, size, size))
+        out = teacher(torch.zeros(1, 3, teacher.image_size, teacher.image_size))
     report["outputs"] = {
         "pooled": list(out.pooled.shape),
         "tokens": list(out.tokens.shape) if out.tokens is not None else None,

@@ -1,7 +1,8 @@
 """Every teacher the study uses, by name: what it is, where its weights come from, how to build it.
 
 ``create_teacher(name, weights=..., tiny=False)`` returns a frozen ``Teacher``. ``tiny=True`` builds the
-same architecture in a tiny random-init configuration (tests and the smoke profile); otherwise the
+same architecture in a tiny random-init configuration, always with the same seed (tests and the smoke
+profile); otherwise the
 real weights are loaded from ``weights`` (a file or folder), from ``<weights_dir>/<default file>``,
 from an installed package, or from the Hugging Face / timm cache — and a clear ``MissingWeights``
 error says what to fetch when none of those has them.
@@ -143,6 +144,12 @@ class Teacher(nn.Module):
         config = getattr(self.model, "config", None)
         return config.hidden_size if config is not None else self.model.num_features
 
+    @property
+    def image_size(self) -> int:
+        """Input size the model was built for (fixed for ViTs, whose patch grid is fixed; the spec's for CNNs)."""
+        patch_embed = getattr(self.model, "patch_embed", None)
+        return patch_embed.img_size[0] if patch_embed is not None else self.spec.image_size
+
     def weight_hash(self) -> str:
         """sha256 over every parameter and buffer, in order: identifies the weights in cache fingerprints."""
         h = hashlib.sha256()
@@ -156,7 +163,10 @@ def create_teacher(name: str, weights: str | Path | None = None, tiny: bool = Fa
                    folder: str | Path | None = None) -> Teacher:
     spec = get_spec(name)
     if tiny:
-        return Teacher(spec, _fn(spec.builder)(tiny=True, **spec.extra), tiny=True)
+        # Fixed seed: the same tiny teacher every time, so smoke-profile caches stay valid across runs.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return Teacher(spec, _fn(spec.builder)(tiny=True, **spec.extra), tiny=True)
     path = weights
     if path is None and spec.default_file:
         path = weights_dir(folder) / spec.default_file
