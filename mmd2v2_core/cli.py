@@ -76,6 +76,22 @@ def _targets(args: argparse.Namespace) -> None:
     print(f"{result.folder}: computed shards {result.computed or 'none'}, reused {result.reused or 'none'}")
 
 
+def _model_summary(args: argparse.Namespace) -> None:
+    from .student.presets import summarize
+
+    summary = summarize(args.preset, args.size, **({"attention": args.attention} if args.attention else {}))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    cfg = summary["config"]
+    print(f"{args.preset} ({args.size}): {cfg['depth'] - cfg['n_shared']} modality-specific ({cfg['attention']} "
+          f"attention) + {cfg['n_shared']} shared blocks, width {cfg['width']}, {cfg['heads']} heads")
+    print(f"  image side from {summary['image_init']}, text side from {summary['text_init']}, "
+          f"tokenizer {summary['tokenizer']}")
+    for part, n in summary["parameters"].items():
+        print(f"  {part:<16}{n:>14,}")
+
+
 def _report_tables(args: argparse.Namespace) -> None:
     from .report.tables import load_references, load_results, seed_tables, write_tables
 
@@ -155,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--overwrite", action="store_true", help="replace a cache made with another fingerprint")
     _teacher_source_args(targets)
     targets.set_defaults(func=_targets)
+
+    model = sub.add_parser("model", help="student presets").add_subparsers(dest="model_command", required=True)
+    summary = model.add_parser("summary", help="parameter counts of a student preset (total, trainable, per part)")
+    summary.add_argument("preset", help="mmd2v2_6 | mmd2v2_7 | mmd2v2_7_2 | smke")
+    summary.add_argument("--size", default="real", help="real | embedded | smoke")
+    summary.add_argument("--attention", default=None, help="separate | shared (default: the preset's)")
+    summary.add_argument("--json", action="store_true")
+    summary.set_defaults(func=_model_summary)
 
     report = sub.add_parser("report", help="regenerate report pieces").add_subparsers(dest="report_command",
                                                                                      required=True)

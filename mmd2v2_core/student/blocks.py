@@ -1,0 +1,101 @@
+"""The transformer block of the student, and how modality-specific blocks share (or do not share) it.
+
+One ``Block`` class serves every part of the student, so that weights copied from timm ViTs
+(pre-LN: DINO, BEiT-v2; post-LN: Data2Vec2) and from transformers' BERT layers (post-LN) land in the
+same structure and the attention modes differ only in *which modules are shared*:
+
+* ``separate`` self-attention (the seed's MM-D2V2): a ``ModalityBlock`` holds two complete blocks,
+  one per modality — own attention, norms and FFN.
+* ``shared`` self-attention (VLMo's mixture-of-modality-experts): the two blocks hold the *same*
+  ``Attention`` module; norms and FFN stay per modality.
+
+Image and text always run in separate forward passes: nothing here lets one attend to the other.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm's layout)."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_padding`` [B, T] True where a token is padding (never attended); ``bias`` [H, T, T] added to logits."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        mask = None
+        if bias is not None:
+            mask = bias[None].to(q.dtype)
+        if key_padding is not None:
+            pad = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=x.device).masked_fill(
+                key_padding[:, None, None, :], float("-inf"))
+            mask = pad if mask is None else mask + pad
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Transformer block, pre-LN (``norm_first``, as ViT/BEiT) or post-LN (as BERT and Data2Vec2).
+
+    Optional LayerScale (``gamma_1``/``gamma_2``, as BEiT): residual branches are scaled per channel.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, norm_first: bool = True,
+                 layer_scale: float | None = None, eps: float = 1e-6, attn: Attention | None = None):
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = attn if attn is not None else Attention(dim, heads)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        if layer_scale is not None:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def _scale(self, gamma, x):
+        return x if gamma is None else gamma * x
+
+    def forward(self, x, key_padding=None, bias=None):
+        if self.norm_first:
+            x = x + self._scale(self.gamma_1, self.attn(self.norm1(x), key_padding, bias))
+            return x + self._scale(self.gamma_2, self.mlp(self.norm2(x)))
+        x = self.norm1(x + self._scale(self.gamma_1, self.attn(x, key_padding, bias)))
+        return self.norm2(x + self._scale(self.gamma_2, self.mlp(x)))
+
+
+class ModalityBlock(nn.Module):
+    """A modality-specific layer: one block per modality; in ``shared`` mode both use one attention."""
+
+    def __init__(self, image: Block, text: Block, attention: str):
+        super().__init__()
+        if attention not in ("separate", "shared"):
+            raise ValueError(f"attention must be 'separate' or 'shared', got {attention!r}")
+        if attention == "shared":
+            text.attn = image.attn  # one module, registered under both names: one set of weights
+        self.attention = attention
+        self.image, self.text = image, text
+
+    def forward(self, x, modality: str, key_padding=None, bias=None):
+        return (self.image if modality == "image" else self.text)(x, key_padding, bias)

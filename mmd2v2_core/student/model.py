@@ -1,0 +1,179 @@
+"""The student: MM-D2V2 (modality-specific blocks, then shared blocks) and its successor S-SMKE.
+
+    image ─ ImageEmbedding ─┐                                   ┌─ CLS → L2-norm = retrieval embedding
+                            ├─ depth − n_shared ModalityBlocks ─┤
+    text ── TextEmbedding ──┘   (separate or shared attention)   └─ n_shared shared Blocks ─ KD head → teacher space
+
+Image and text run in separate passes through the same stack: the modality-specific layers pick their
+image or text block, the shared blocks are one set of weights for both. S-SMKE (``type_embedding``)
+adds a learned image/text type vector after the modality-specific layers, scaled by a LayerScale that
+starts at 1e-5 so the pretrained towers' outputs are barely disturbed at first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.models.beit import RelativePositionBias
+
+from .blocks import Block, ModalityBlock
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    depth: int = 6
+    n_shared: int = 1
+    attention: str = "separate"  # separate | shared (modality-specific layers)
+    width: int = 768
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    image_size: int = 224
+    patch_size: int = 16
+    vocab_size: int = 30522
+    max_text_len: int = 64
+    norm_first: bool = False  # modality-specific blocks: post-LN like Data2Vec2 / BERT; pre-LN like ViT/BEiT
+    layer_scale: float | None = None  # modality-specific blocks' LayerScale (BEiT: 0.1)
+    abs_pos_embed: bool = True  # learned/fixed absolute positions on the patches (BEiT-v2 has none)
+    rel_pos_bias: bool = False  # BEiT-v2's shared relative position bias in the image blocks
+    shared_norm_first: bool = False  # shared blocks (S-SMKE: pre-LN with LayerScale)
+    shared_layer_scale: float | None = None
+    type_embedding: bool = False  # S-SMKE: image/text type vector after the modality-specific layers
+    type_layer_scale: float = 1e-5
+    kd_dim: int = 768  # width of the teacher target the KD head maps to (0: no KD head)
+    num_classes: int = 0  # SHRe class head (KL on teacher logits); 0: none
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        from ..errors import ConfigError
+
+        if not 0 <= self.n_shared <= self.depth:
+            raise ConfigError(f"student: n_shared={self.n_shared} must be between 0 and depth={self.depth}")
+        if self.attention not in ("separate", "shared"):
+            raise ConfigError(f"student.attention must be 'separate' or 'shared', got {self.attention!r}")
+        if self.width % self.heads:
+            raise ConfigError(f"student: width {self.width} is not divisible by heads {self.heads}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"student: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def n_specific(self) -> int:
+        return self.depth - self.n_shared
+
+
+class ImageEmbedding(nn.Module):
+    """Patches → tokens, CLS first; positions on the patches only (as Data2Vec2); optional pre-block norm."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        grid = cfg.image_size // cfg.patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, cfg.width)) if cfg.abs_pos_embed else None
+        # Post-LN blocks normalise their output, not their input: the embeddings are normalised here.
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps) if not cfg.norm_first else nn.Identity()
+        self.rel_pos = RelativePositionBias((grid, grid), cfg.heads) if cfg.rel_pos_bias else None
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.proj(images).flatten(2).transpose(1, 2)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.norm(torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1))
+
+    def attention_bias(self) -> torch.Tensor | None:
+        """[heads, T, T] relative position bias for the image blocks (BEiT-v2 initialisation), else None."""
+        return self.rel_pos() if self.rel_pos is not None else None
+
+
+class TextEmbedding(nn.Module):
+    """Word + position embeddings and LayerNorm, BERT's layout (token type 0 folded in)."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.position = nn.Embedding(cfg.max_text_len, cfg.width)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.norm(self.word(input_ids) + self.position(positions)[None])
+
+
+def _block(cfg: StudentConfig, shared: bool) -> Block:
+    if shared:
+        return Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.shared_norm_first, cfg.shared_layer_scale, cfg.eps)
+    return Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.norm_first, cfg.layer_scale, cfg.eps)
+
+
+class MultimodalStudent(nn.Module):
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.image_embed, self.text_embed = ImageEmbedding(cfg), TextEmbedding(cfg)
+        self.specific = nn.ModuleList(
+            ModalityBlock(_block(cfg, False), _block(cfg, False), cfg.attention) for _ in range(cfg.n_specific))
+        if cfg.type_embedding:
+            self.type_embed = nn.Parameter(torch.zeros(2, cfg.width))  # row 0: image, row 1: text
+            nn.init.trunc_normal_(self.type_embed, std=0.02)
+            self.type_scale = nn.Parameter(torch.full((cfg.width,), cfg.type_layer_scale))
+        self.shared = nn.ModuleList(_block(cfg, True) for _ in range(cfg.n_shared))
+        self.kd_head = nn.Sequential(nn.LayerNorm(cfg.width, eps=cfg.eps), nn.Linear(cfg.width, cfg.kd_dim)) \
+            if cfg.kd_dim else None
+        self.class_head = nn.Linear(cfg.width, cfg.num_classes) if cfg.num_classes else None
+        self.apply(_init_fresh)
+
+    def features(self, x: torch.Tensor, modality: str, key_padding: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, D] output of the last block for one modality (image: ``bias`` is an optional position bias)."""
+        for layer in self.specific:
+            x = layer(x, modality, key_padding, bias)
+        if self.cfg.type_embedding:
+            x = x + self.type_scale * self.type_embed[0 if modality == "image" else 1]
+        for block in self.shared:
+            x = block(x, key_padding)
+        return x
+
+    def image_cls(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(self.image_embed(images), "image", bias=self.image_embed.attention_bias())[:, 0]
+
+    def text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.features(self.text_embed(input_ids), "text", key_padding=attention_mask == 0)[:, 0]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_cls(images).float(), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_cls(input_ids, attention_mask).float(), dim=-1)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        """Everything the losses need: retrieval embeddings, KD-head and class-head outputs per modality."""
+        out = {}
+        for name, cls in (("image", self.image_cls(images)), ("text", self.text_cls(input_ids, attention_mask))):
+            out[f"{name}_emb"] = F.normalize(cls, dim=-1)
+            if self.kd_head is not None:
+                out[f"{name}_kd"] = self.kd_head(cls)
+            if self.class_head is not None:
+                out[f"{name}_logits"] = self.class_head(cls)
+        return out
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def _init_fresh(module: nn.Module) -> None:
+    """BERT-style init for everything not copied from a pretrained model."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

