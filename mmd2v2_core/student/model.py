@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.models.beit import RelativePositionBias
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import Block, ModalityBlock
 
@@ -126,18 +127,24 @@ class MultimodalStudent(nn.Module):
         self.kd_head = nn.Sequential(nn.LayerNorm(cfg.width, eps=cfg.eps), nn.Linear(cfg.width, cfg.kd_dim)) \
             if cfg.kd_dim else None
         self.class_head = nn.Linear(cfg.width, cfg.num_classes) if cfg.num_classes else None
+        self.grad_checkpointing = False  # recompute block activations in backward: memory for compute
         self.apply(_init_fresh)
 
     def features(self, x: torch.Tensor, modality: str, key_padding: torch.Tensor | None = None,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, D] output of the last block for one modality (image: ``bias`` is an optional position bias)."""
         for layer in self.specific:
-            x = layer(x, modality, key_padding, bias)
+            x = self._run(layer, x, modality, key_padding, bias)
         if self.cfg.type_embedding:
             x = x + self.type_scale * self.type_embed[0 if modality == "image" else 1]
         for block in self.shared:
-            x = block(x, key_padding)
+            x = self._run(block, x, key_padding)
         return x
+
+    def _run(self, module: nn.Module, *args):
+        if self.grad_checkpointing and self.training:
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
 
     def image_cls(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(self.image_embed(images), "image", bias=self.image_embed.attention_bias())[:, 0]
