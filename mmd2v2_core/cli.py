@@ -92,6 +92,21 @@ def _model_summary(args: argparse.Namespace) -> None:
         print(f"  {part:<16}{n:>14,}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config, to_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
+    from .train.loop import train
+
+    result = train(cfg)
+    last = result.val_history[-1] if result.val_history else {}
+    print(f"{result.out_dir}: step {result.step}{' (stopped by SIGTERM)' if result.stopped_early else ''}, "
+          f"val mean recall {last.get('mean', float('nan')):.2f}, best checkpoint {result.best_checkpoint}")
+
+
 def _report_tables(args: argparse.Namespace) -> None:
     from .report.tables import load_references, load_results, seed_tables, write_tables
 
@@ -171,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--overwrite", action="store_true", help="replace a cache made with another fingerprint")
     _teacher_source_args(targets)
     targets.set_defaults(func=_targets)
+
+    train = sub.add_parser("train", help="distillation pretraining (torchrun-ready)")
+    train.add_argument("--config", default="smoke", help="preset name (smoke, embedded, real_mmd2v2, real_smke) or a YAML file")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.root=DIR optim.steps=100")
+    train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    train.set_defaults(func=_train)
 
     model = sub.add_parser("model", help="student presets").add_subparsers(dest="model_command", required=True)
     summary = model.add_parser("summary", help="parameter counts of a student preset (total, trainable, per part)")

@@ -19,7 +19,7 @@ def progress(iterable: Iterable[T] | None = None, **kwargs):
     if mode == "off":
         from tqdm import tqdm
 
-        return tqdm(iterable, disable=True, **kwargs)
+        return tqdm(iterable, **{**kwargs, "disable": True})
     if mode == "plain" or os.environ.get("CI"):
         from tqdm import tqdm
 

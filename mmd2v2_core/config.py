@@ -1,0 +1,259 @@
+"""One configuration schema for training: typed dataclasses, YAML presets, dotted ``key=value`` overrides.
+
+    cfg = load_config("smoke", ["data.root=data/smoke/synth-coco", "optim.steps=50", "run.out_dir=runs/a"])
+
+The same override list is a CLI argument (``mmd2v2 train --config smoke k=v …``), a papermill
+parameter and a Python argument. Presets live in ``mmd2v2_core/configs/<name>.yaml`` (or pass a YAML
+path). Every key is checked: a misspelled key names the closest valid keys, a value of the wrong type
+names the key and the expected type, and impossible values (negative learning rate, batch 0, more
+shared blocks than blocks) are refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # prepared dataset folder (manifest.json) with the training and validation splits
+    train_split: str = "train"
+    val_split: str = "val"
+    tokenizer: str = "packaged-minilm"  # packaged-minilm, a Hugging Face name, or a local tokenizer folder
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    hflip: float = 0.5  # 0 for the synthetic data, whose captions say left and right
+    num_workers: int = 2
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "efficientnet-lite0"  # see `mmd2v2 teachers list`; "none" trains without a teacher
+    tiny: bool = False
+    weights: str | None = None
+    weights_dir: str | None = None
+    target: str = "pooled"  # cls | cls_prenorm | mean | layer_avg | pooled | logits
+    top_k: int = 8
+    image_size: int | None = None  # default: the teacher's own
+    cache: str | None = None  # a `mmd2v2 targets` folder; the teacher is then never loaded
+
+
+@dataclass
+class StudentSection:
+    preset: str = "mmd2v2_6"
+    size: str = "embedded"
+    attention: str = "separate"
+    init: bool = True  # copy pretrained unimodal weights (the preset says from which models)
+    layers: str = "first"  # first | every_other
+    freeze_embeddings: bool = False
+    image_weights: str | None = None
+    text_weights: str | None = None
+
+
+@dataclass
+class LossConfig:
+    kd: str = "mse"  # mse | cosine | cdl (contrastive distillation) | shre (KL on logits) | none
+    kd_weight: float = 1.0
+    itc_weight: float = 0.0  # CLIP-style image-text contrastive loss (S-SMKE: 1.0)
+    memory_bank: int = 0  # teacher memory bank size for cdl (thesis: 65,536)
+    itc_max_scale: float = 100.0
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 1000
+    batch_size: int = 256  # global batch (all ranks, all accumulation steps)
+    accum: int = 1
+    lr: float = 1e-4  # base learning rate at a global batch of 256; scaled linearly with batch_size
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
+    clip: float = 1.0  # gradient-norm clipping (0: off)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a gradient scaler; CPU runs use fp32 or bf16)
+    grad_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    resume: str | None = None  # latest | a checkpoint folder | None
+    checkpoint_every: int = 200
+    val_every: int = 200
+    log_every: int = 10
+    tensorboard: bool = True
+    wandb: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentSection = field(default_factory=StudentSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in _fields(cls).items():
+        sub = typing.get_type_hints(cls)[name]
+        keys += _all_keys(sub, f"{prefix}{name}.") if dataclasses.is_dataclass(sub) else [f"{prefix}{name}"]
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(TrainConfig), n=3, cutoff=0.5)
+    return ConfigError(f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                                                         "; see `mmd2v2 train --print-config` for all keys"))
+
+
+def _coerce(key: str, value, hint):
+    """Check (and lightly convert) a value against its annotation, or raise naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"config key {key!r}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. resume=123 written without quotes
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key!r}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _apply(obj, updates: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            while isinstance(value, dict) and value:  # name the whole dotted key the user wrote
+                sub, value = next(iter(value.items()))
+                key += f".{sub}"
+            raise _unknown(key)
+        if dataclasses.is_dataclass(hints[name]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {key!r} is a section; set its keys, e.g. {key}.<key>=…")
+            _apply(getattr(obj, name), value, key + ".")
+        else:
+            setattr(obj, name, _coerce(key, value, hints[name]))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['a.b=1', 'c=x'] → {'a': {'b': 1}, 'c': 'x'}; values are read as YAML (numbers, booleans, null, lists)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("mmd2v2_core.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    cfg = TrainConfig()
+    if preset:
+        path = Path(preset)
+        if path.suffix in (".yaml", ".yml"):
+            if not path.is_file():
+                raise ConfigError(f"config file {path} not found")
+            text = path.read_text()
+        elif preset in preset_names():
+            text = resources.files("mmd2v2_core.configs").joinpath(f"{preset}.yaml").read_text()
+        else:
+            raise ConfigError(f"unknown config preset {preset!r}; presets: {', '.join(preset_names())} "
+                              "(or a path to a .yaml file)")
+        try:
+            _apply(cfg, yaml.safe_load(text) or {})
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {preset}: invalid YAML ({exc})") from None
+    _apply(cfg, parse_overrides(list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Values that type-check but cannot work."""
+    o = cfg.optim
+    checks = [
+        (o.steps > 0, "optim.steps must be positive"),
+        (o.batch_size > 0, "optim.batch_size must be positive"),
+        (o.accum > 0 and o.batch_size % o.accum == 0, "optim.batch_size must be a positive multiple of optim.accum"),
+        (o.lr > 0, f"optim.lr must be positive, got {o.lr}"),
+        (0 <= o.warmup < 1, "optim.warmup is a fraction of the steps, in [0, 1)"),
+        (o.weight_decay >= 0 and o.clip >= 0, "optim.weight_decay and optim.clip must not be negative"),
+        (o.precision in ("fp32", "bf16", "fp16"), f"optim.precision must be fp32, bf16 or fp16, got {o.precision!r}"),
+        (cfg.loss.kd in ("mse", "cosine", "cdl", "shre", "none"), f"loss.kd: unknown {cfg.loss.kd!r}"),
+        (cfg.loss.memory_bank >= 0, "loss.memory_bank must not be negative"),
+        (cfg.loss.kd_weight >= 0 and cfg.loss.itc_weight >= 0, "loss weights must not be negative"),
+        (cfg.loss.kd_weight > 0 or cfg.loss.itc_weight > 0, "at least one of loss.kd_weight, loss.itc_weight must be > 0"),
+        (cfg.loss.kd == "none" or cfg.teacher.name != "none", "loss.kd needs a teacher (teacher.name is 'none')"),
+        (cfg.student.attention in ("separate", "shared"), "student.attention must be separate or shared"),
+        (cfg.run.checkpoint_every > 0 and cfg.run.val_every > 0 and cfg.run.log_every > 0,
+         "run.checkpoint_every, run.val_every and run.log_every must be positive"),
+        (cfg.data.num_workers >= 0, "data.num_workers must not be negative"),
+        (0 <= cfg.data.hflip <= 1, "data.hflip is a probability"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if cfg.data.root and not (Path(cfg.data.root) / "manifest.json").is_file():
+        raise ConfigError(f"data.root={cfg.data.root!r}: no prepared dataset there (no manifest.json)")
+    if cfg.teacher.cache and not Path(cfg.teacher.cache).is_dir():
+        raise ConfigError(f"teacher.cache={cfg.teacher.cache!r}: folder not found")
+    from .student.presets import get_preset
+
+    get_preset(cfg.student.preset, cfg.student.size, attention=cfg.student.attention)  # layout errors, early
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    def plain(x):
+        return [plain(v) for v in x] if isinstance(x, (list, tuple)) else \
+            {k: plain(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+
+
+def from_dict(data: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    _apply(cfg, data)
+    return cfg

@@ -1,0 +1,124 @@
+"""Step checkpoints that survive being killed at any moment, and resuming from them.
+
+A checkpoint is a folder ``<out_dir>/checkpoints/step_0000200/`` holding
+
+* ``model.safetensors`` — the student's (and the loss module's) weights; never the teacher's;
+* ``state.pt`` — optimiser, scheduler, scaler, RNG states, the step (which is the data position), the
+  best validation score; plain tensors and numbers, loaded with ``torch.load(weights_only=True)``;
+* ``config.yaml`` — the resolved configuration.
+
+It is written into a temporary folder and renamed into place; ``latest`` (a one-line file) is then
+replaced atomically. A kill during a save leaves a ``.tmp`` folder that is ignored and cleaned up,
+and ``latest`` still names the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from ..data.index import write_text_atomic
+from ..errors import DataError
+
+LATEST = "latest"
+
+
+def checkpoint_root(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def rng_state() -> dict:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0],
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, state: dict, config_yaml: str,
+                    keep: int = 2) -> Path:
+    root = checkpoint_root(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".step_{step:07d}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+    for f in tmp.iterdir():  # the data must be on disk before the rename makes the folder visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_text_atomic(root / LATEST, final.name + "\n")
+    _prune(root, keep, protect={final.name, _best_name(root)})
+    return final
+
+
+def _best_name(root: Path) -> str | None:
+    best = root / "best"
+    return best.read_text().strip() if best.is_file() else None
+
+
+def mark_best(out_dir: str | Path, checkpoint: Path) -> None:
+    write_text_atomic(checkpoint_root(out_dir) / "best", checkpoint.name + "\n")
+
+
+def _prune(root: Path, keep: int, protect: set) -> None:
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[:-keep]:
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)
+    for leftover in root.glob(".step_*.tmp*"):  # from a save that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def find_checkpoint(out_dir: str | Path, resume: str | None) -> Path | None:
+    """``latest`` → the newest complete checkpoint of this run (None if there is none yet); a path → it."""
+    if not resume:
+        return None
+    if resume == LATEST:
+        pointer = checkpoint_root(out_dir) / LATEST
+        if not pointer.is_file():
+            return None
+        path = checkpoint_root(out_dir) / pointer.read_text().strip()
+    else:
+        path = Path(resume)
+    for name in ("model.safetensors", "state.pt"):
+        if not (path / name).is_file():
+            raise DataError(f"{path}: not a complete checkpoint (no {name})")
+    return path
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
+    """Load weights into ``model`` (strictly) and return the training state."""
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except Exception as exc:  # safetensors raises several types for truncated or foreign files
+        raise DataError(f"{path / 'model.safetensors'}: unreadable or of another model ({exc})") from None
+    if missing or unexpected:
+        raise DataError(f"{path}: checkpoint does not fit this model: missing {sorted(missing)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]} — another preset or configuration?")
+    try:
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path / 'state.pt'}: unreadable training state ({exc})") from None

@@ -1,0 +1,101 @@
+"""Training batches that make resuming exact and ranks consistent.
+
+* The order of pairs is a seeded permutation per epoch; global batch ``s`` is positions
+  ``[s·B, (s+1)·B)`` of it, and rank r takes its contiguous share. Resuming at step s needs no replay.
+* Each pair's augmentation (one RandomResizedCrop + flip) is drawn from an RNG seeded by
+  (seed, epoch, position), so it is the same whatever the worker, rank count or restart.
+* The student and the online teacher see the same crop, each resized and normalised its own way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+from ..data.images import open_rgb
+from ..data.index import ImageRecord
+from ..data.transforms import ImageTransformConfig
+
+
+@dataclass(frozen=True)
+class View:
+    """How one network wants its pixels: size and normalisation."""
+
+    size: int
+    mean: tuple
+    std: tuple
+
+    def __call__(self, img) -> torch.Tensor:
+        img = TF.resize(img, [self.size, self.size], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+class TrainPairs(Dataset):
+    """Item (epoch, position) → one augmented (image, caption) pair, deterministically."""
+
+    def __init__(self, records: list[ImageRecord], crop_scale: tuple, hflip: float, student: View,
+                 teacher: View | None, seed: int):
+        self.records = records
+        self.pairs = [(i, j) for i, r in enumerate(records) for j in range(len(r.captions))]
+        self.crop_scale, self.hflip, self.seed = crop_scale, hflip, seed
+        self.student_view, self.teacher_view = student, teacher
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        epoch, position, index = key
+        i, j = self.pairs[index]
+        record = self.records[i]
+        img = open_rgb(record.path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0]))
+            top, left, h, w = T.RandomResizedCrop.get_params(img, list(self.crop_scale), [3 / 4, 4 / 3])
+            flip = torch.rand(1).item() < self.hflip
+        img = TF.crop(img, top, left, h, w)
+        if flip:
+            img = TF.hflip(img)
+        item = {"image": self.student_view(img), "caption": record.captions[j], "image_id": record.image_id}
+        if self.teacher_view is not None:
+            item["teacher_image"] = self.teacher_view(img)
+        return item
+
+
+class StepSampler(Sampler):
+    """Yields this rank's index keys for global batches ``start_step, start_step + 1, …, steps − 1``."""
+
+    def __init__(self, n_items: int, global_batch: int, steps: int, seed: int, rank: int = 0, world: int = 1,
+                 start_step: int = 0):
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world} ranks")
+        if n_items < global_batch:
+            raise ValueError(f"{n_items} training pairs are fewer than one batch of {global_batch}")
+        self.n, self.batch, self.steps, self.seed = n_items, global_batch, steps, seed
+        self.rank, self.world, self.start = rank, world, start_step
+        self.per_epoch = n_items // global_batch  # the incomplete last batch of an epoch is dropped
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        order, order_epoch = None, -1
+        local = self.batch // self.world
+        for step in range(self.start, self.steps):
+            epoch, within = divmod(step, self.per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = self._order(epoch), epoch
+            first = within * self.batch + self.rank * local
+            yield [(epoch, first + k, order[first + k]) for k in range(local)]
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+
+def student_view(cfg: ImageTransformConfig) -> View:
+    return View(cfg.size, tuple(cfg.mean), tuple(cfg.std))

@@ -1,0 +1,366 @@
+"""Distillation pretraining: one readable loop for a laptop CPU and for ``torchrun`` on many GPUs.
+
+    result = train(load_config("smoke", ["data.root=…", "run.out_dir=runs/a"]))
+
+Per step: a global batch of (image, caption) pairs is split across ranks (and accumulation steps);
+teacher targets come from the cache or from the frozen teacher on the same augmented crop; the losses
+of the config (KD regression, contrastive distillation with a memory bank, SHRe KL, ITC) are weighted
+and summed; AdamW with a linear warm-up and cosine schedule takes the step. Every ``val_every`` steps
+(and at step 0) the val split is scored by retrieval (mean of R@1/5/10 both ways), the best checkpoint is
+marked; checkpoints every ``checkpoint_every`` steps make ``run.resume=latest`` continue exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import TrainConfig, to_yaml
+from ..data.datasets import RetrievalSplit
+from ..data.index import read_split
+from ..data.tokenizer import CaptionTokenizer
+from ..data.transforms import ImageTransformConfig, eval_transform
+from ..errors import ConfigError, KitError
+from ..eval.embed import embed_split
+from ..eval.retrieval import recall_at_k
+from ..losses import (LearnableTemperature, TeacherMemoryBank, contrastive_distillation_loss, gather_no_grad,
+                      itc_loss, kd_regression_loss, shre_kd_loss)
+from ..progress import progress
+from ..student.init import freeze_embeddings
+from ..student.presets import build_student, get_preset
+from ..teachers.cache import TargetCache, dataset_fingerprint, fingerprint
+from ..teachers.inspect import preprocess_of
+from ..teachers.registry import create_teacher
+from ..teachers.targets import compute_target
+from .checkpoint import find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint, set_rng_state
+from .data import StepSampler, TrainPairs, View
+
+
+class TrainingDiverged(KitError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    stopped_early: bool
+    val_history: list[dict]
+    best_checkpoint: Path | None
+
+
+class Objective(nn.Module):
+    """The trainable state beside the student: temperatures and the teacher memory bank."""
+
+    def __init__(self, cfg: TrainConfig, target_dim: int):
+        super().__init__()
+        self.cfg = cfg.loss
+        self.itc_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale)
+        self.kd_scale = LearnableTemperature()  # optimised (the original code's never was)
+        self.bank = TeacherMemoryBank(cfg.loss.memory_bank, target_dim, torch.Generator().manual_seed(cfg.optim.seed)) \
+            if cfg.loss.kd == "cdl" and cfg.loss.memory_bank else None
+
+    def forward(self, out: dict, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        c, terms = self.cfg, {}
+        if c.kd in ("mse", "cosine"):
+            terms["kd"] = kd_regression_loss(out["image_kd"], out["text_kd"], targets, c.kd)
+        elif c.kd == "cdl":
+            bank = self.bank.entries() if self.bank is not None else None
+            terms["kd"] = contrastive_distillation_loss(out["image_kd"], out["text_kd"], targets, self.kd_scale(), bank)
+        elif c.kd == "shre":
+            terms["kd"] = shre_kd_loss(out["image_logits"], out["text_logits"], targets)
+        if c.itc_weight:
+            terms["itc"] = itc_loss(out["image_emb"], out["text_emb"], self.itc_scale())
+        terms["loss"] = c.kd_weight * terms.get("kd", 0.0) + c.itc_weight * terms.get("itc", 0.0)
+        return terms
+
+
+class Trainable(nn.Module):
+    """Student + objective as one module, so DDP synchronises and checkpoints cover both."""
+
+    def __init__(self, student: nn.Module, objective: Objective):
+        super().__init__()
+        self.student, self.objective = student, objective
+
+    def forward(self, images, input_ids, attention_mask, targets):
+        out = self.student(images, input_ids, attention_mask)
+        return self.objective(out, targets)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world, local_rank) from torchrun's environment; initialises the process group once."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    want = cfg.run.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(want)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, embeddings, CLS/type tokens, temperatures (thesis recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or any(k in name for k in ("embed", "cls_token", "type_", "position", "word", "log_scale"))
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(optim_cfg) -> callable:
+    warm = int(optim_cfg.warmup * optim_cfg.steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress_ = (step - warm) / max(1, optim_cfg.steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
+    return factor
+
+
+class _Targets:
+    """Teacher targets for a batch: from the cache (by image id) or from the frozen teacher online."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.teacher, self.cache = None, None
+        if cfg.teacher.name == "none":
+            self.dim = 0
+            return
+        self.teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
+        self.preprocess = preprocess_of(self.teacher, cfg.teacher.image_size)
+        if cfg.teacher.cache:
+            expected = fingerprint(self.teacher, cfg.teacher.target, cfg.teacher.top_k, self.preprocess,
+                                   dataset_fingerprint(cfg.data.root, cfg.data.train_split))
+            self.cache = TargetCache(cfg.teacher.cache, expected)
+            self.dim, self.teacher = self.cache.dim, None  # checked against the cache, then not needed
+        else:
+            self.teacher = self.teacher.to(device)
+            probe = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=device)
+            self.dim = compute_target(self.teacher(probe), cfg.teacher.target, cfg.teacher.top_k).shape[1]
+
+    @property
+    def view(self) -> View | None:
+        return None if self.teacher is None else View(self.preprocess.size, self.preprocess.mean, self.preprocess.std)
+
+    def __call__(self, batch: dict) -> torch.Tensor | None:
+        if self.cache is not None:
+            return self.cache.lookup(batch["image_id"].tolist()).to(self.device)
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            out = self.teacher(batch["teacher_image"].to(self.device))
+            return compute_target(out, self.cfg.teacher.target, self.cfg.teacher.top_k,
+                                  getattr(self.teacher.model, "num_prefix_tokens", 1)).float()
+
+
+def _collate(tokenizer: CaptionTokenizer):
+    def collate(items: list[dict]) -> dict:
+        batch = {"images": torch.stack([it["image"] for it in items]),
+                 "image_id": torch.tensor([it["image_id"] for it in items]), **tokenizer([it["caption"] for it in items])}
+        if "teacher_image" in items[0]:
+            batch["teacher_image"] = torch.stack([it["teacher_image"] for it in items])
+        return batch
+    return collate
+
+
+def evaluate_val(student: nn.Module, split: RetrievalSplit, transform, tokenizer, device) -> dict:
+    emb = embed_split(student, split, transform, tokenizer, batch_size=256, device=device)
+    return recall_at_k(emb.image, emb.text, emb.text_to_image)
+
+
+class _Logger:
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.jsonl = open(out_dir / "metrics.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    rank, world, local_rank = _distributed()
+    device = _device(cfg, local_rank)
+    if not cfg.data.root:
+        raise ConfigError("data.root is not set: point it at a prepared dataset (manifest.json)")
+    out_dir = Path(cfg.run.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.optim.seed)  # identical initialisation on every rank
+
+    targets = _Targets(cfg, device)
+    preset = get_preset(cfg.student.preset, cfg.student.size, attention=cfg.student.attention,
+                        **({"kd_dim": 0, "num_classes": targets.dim} if cfg.loss.kd == "shre"
+                           else {"kd_dim": targets.dim}))
+    student, init_report = build_student(preset, cfg.student.init, {"image": cfg.student.image_weights,
+                                                                    "text": cfg.student.text_weights},
+                                         cfg.student.layers, cfg.teacher.weights_dir)
+    if cfg.student.freeze_embeddings:
+        freeze_embeddings(student)
+    student.grad_checkpointing = cfg.optim.grad_checkpointing
+    model = Trainable(student, Objective(cfg, targets.dim)).to(device)
+    tokenizer = CaptionTokenizer(cfg.data.tokenizer)
+    s_cfg = preset.config
+    view = ImageTransformConfig(size=s_cfg.image_size)
+    records = read_split(cfg.data.root, cfg.data.train_split)
+    dataset = TrainPairs(records, cfg.data.crop_scale, cfg.data.hflip, View(view.size, view.mean, view.std),
+                         targets.view, cfg.optim.seed)
+    val_split = RetrievalSplit.from_index(cfg.data.root, cfg.data.val_split)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay),
+                                  lr=cfg.optim.lr * cfg.optim.batch_size / 256, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.optim))
+    use_scaler = cfg.optim.precision == "fp16" and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.optim.precision == "bf16" else
+                torch.autocast("cuda", dtype=torch.float16) if use_scaler else nullcontext())
+
+    step, best, val_history = 0, -1.0, []
+    resume_from = find_checkpoint(out_dir, cfg.run.resume)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step, best, val_history = state["step"], state["best"], state["val_history"]
+    ddp = model
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    stop = {"requested": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True)) \
+        if torch.multiprocessing.current_process().name == "MainProcess" else None
+    logger = _Logger(out_dir, rank == 0, cfg.run.tensorboard)
+    if rank == 0:
+        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        logger.log(step, "init", {"image": init_report["image"], "text": init_report["text"],
+                                  "resumed_from": str(resume_from) if resume_from else ""})
+    eval_tf = eval_transform(view)
+
+    def validate_and_maybe_mark(ckpt: Path | None) -> None:
+        nonlocal best
+        metrics = evaluate_val(student, val_split, eval_tf, tokenizer, device)
+        val_history.append({"step": step, **metrics})
+        logger.log(step, "val", metrics)
+        if ckpt is not None and metrics["mean"] > best:
+            best = metrics["mean"]
+            mark_best(out_dir, ckpt)
+
+    def checkpoint() -> Path | None:
+        if rank != 0:
+            return None
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "best": best,
+                 "val_history": val_history}
+        return save_checkpoint(out_dir, step, model, state, to_yaml(cfg))
+
+    if step == 0 and rank == 0 and not val_history:
+        validate_and_maybe_mark(None)  # the untrained student: the baseline every later score is read against
+    local = cfg.optim.batch_size // world // cfg.optim.accum
+    sampler = StepSampler(len(dataset), cfg.optim.batch_size // cfg.optim.accum, cfg.optim.steps * cfg.optim.accum,
+                          cfg.optim.seed, rank, world, start_step=step * cfg.optim.accum)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate(tokenizer),
+                        num_workers=cfg.data.num_workers, persistent_workers=False)
+    bar = progress(total=cfg.optim.steps, initial=step, desc="train", disable=rank != 0)
+    model.train()
+    batches, tick, last_good = iter(loader), time.perf_counter(), None
+    try:
+        while step < cfg.optim.steps:
+            optimizer.zero_grad(set_to_none=True)
+            terms_sum: dict[str, float] = {}
+            for micro in range(cfg.optim.accum):
+                batch = next(batches)
+                target = targets(batch)
+                sync = nullcontext() if (world == 1 or micro == cfg.optim.accum - 1) else ddp.no_sync()
+                with sync:
+                    with autocast:
+                        terms = ddp(batch["images"].to(device), batch["input_ids"].to(device),
+                                    batch["attention_mask"].to(device), target)
+                    scaler.scale(terms["loss"] / cfg.optim.accum).backward()
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.optim.accum
+                if model.objective.bank is not None:
+                    model.objective.bank.push(gather_no_grad(target))
+            if world > 1:  # log the global batch's loss, not this rank's share
+                reduced = torch.tensor(list(terms_sum.values()), dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(reduced)
+                terms_sum = dict(zip(terms_sum, (reduced / world).tolist()))
+            if not all(math.isfinite(v) for v in terms_sum.values()):
+                raise TrainingDiverged(
+                    f"step {step + 1}: loss is not finite ({', '.join(f'{k}={v}' for k, v in terms_sum.items())}); "
+                    f"last good checkpoint: {last_good or find_checkpoint(out_dir, 'latest') or 'none'}")
+            if cfg.optim.clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.run.log_every == 0 or step == cfg.optim.steps:
+                now = time.perf_counter()
+                rate = cfg.optim.batch_size * cfg.run.log_every / (now - tick)
+                tick = now
+                with torch.no_grad():
+                    scales = {"itc_scale": model.objective.itc_scale().item(), "kd_scale": model.objective.kd_scale().item()}
+                values = {**terms_sum, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate, **scales}
+                logger.log(step, "train", values)
+                bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{rate:.0f}")
+            ckpt = None
+            if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.steps or stop["requested"]:
+                ckpt = checkpoint()
+                last_good = ckpt or last_good
+            if rank == 0 and (step % cfg.run.val_every == 0 or step == cfg.optim.steps):
+                if ckpt is None:
+                    ckpt = checkpoint()
+                validate_and_maybe_mark(ckpt)
+                # re-save so the stored state includes this validation (and the best score)
+                checkpoint()
+                model.train()
+            if stop["requested"]:
+                break
+    finally:
+        bar.close()
+        logger.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    best_ptr = out_dir / "checkpoints" / "best"
+    return TrainResult(out_dir, step, stop["requested"], val_history,
+                       out_dir / "checkpoints" / best_ptr.read_text().strip() if best_ptr.is_file() else None)

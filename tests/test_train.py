@@ -1,0 +1,177 @@
+"""The trainer: config validation, the smoke preset learning, exact resume after SIGKILL, atomic saves,
+SIGTERM, NaN stops, and 1 vs 2 processes (gloo) giving the same losses."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from mmd2v2_core.config import load_config, parse_overrides
+from mmd2v2_core.errors import ConfigError
+from mmd2v2_core.train import checkpoint as ckpt_module
+from mmd2v2_core.train.loop import TrainingDiverged, train
+
+
+def _cfg(data, out, *extra):
+    return load_config("smoke", [f"data.root={data}", f"run.out_dir={out}", *extra])
+
+
+def _weights(out, step):
+    return load_file(str(out / "checkpoints" / f"step_{step:07d}" / "model.safetensors"))
+
+
+def test_overrides_are_validated(smoke_data):
+    assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=null"]) == {"a": {"b": 1, "c": [1, 2]}, "d": None}
+    with pytest.raises(ConfigError, match="unknown config key 'optim.step'; did you mean optim.steps"):
+        load_config("smoke", ["optim.step=5"])
+    with pytest.raises(ConfigError, match="unknown config key 'teachr.name'; did you mean teacher.name"):
+        load_config("smoke", ["teachr.name=x"])
+    with pytest.raises(ConfigError, match="'optim.batch_size': expected int, got str"):
+        load_config("smoke", ["optim.batch_size=big"])
+    for bad, message in [("optim.lr=-1", "optim.lr must be positive"), ("optim.batch_size=0", "batch_size must be positive"),
+                         ("student.preset=mmd2v2_9", "unknown student preset"), ("data.root=/nope", "no prepared dataset"),
+                         ("loss.kd=l2", "loss.kd: unknown")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("smoke", [bad])
+    with pytest.raises(ConfigError, match="unknown config preset 'smok'"):
+        load_config("smok")
+    cfg = load_config("smoke", ["optim.lr=1", "data.crop_scale=[0.5, 1]"])
+    assert cfg.optim.lr == 1.0 and cfg.data.crop_scale == (0.5, 1.0)
+
+
+def test_smoke_preset_trains_and_improves_val_recall(smoke_data, tmp_path):
+    result = train(_cfg(smoke_data["synth-coco"], tmp_path))
+    first, last = result.val_history[0], result.val_history[-1]
+    assert first["step"] == 0 and last["step"] == 60
+    assert last["i2t_r1"] + last["t2i_r1"] > first["i2t_r1"] + first["t2i_r1"]
+    assert last["mean"] > first["mean"] + 3
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [l for l in lines if l["kind"] == "train"]
+    assert [l["step"] for l in train_lines] == [10, 20, 30, 40, 50, 60]
+    assert train_lines[-1]["lr"] < train_lines[0]["lr"]  # cosine decay
+    assert result.best_checkpoint is not None and (result.best_checkpoint / "model.safetensors").is_file()
+    teacherless = {k for k in _weights(tmp_path, 60) if "teacher" in k}
+    assert teacherless == set()  # the teacher never enters a student checkpoint
+
+
+def _run_cli(data, out, steps, *extra, env=None):
+    return subprocess.Popen([sys.executable, "-m", "mmd2v2_core.cli", "train", "--config", "smoke", f"data.root={data}",
+                             f"run.out_dir={out}", f"optim.steps={steps}", "run.checkpoint_every=2", "run.val_every=1000",
+                             *extra], env={**os.environ, "MMD2V2_PROGRESS": "off", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path, proc, timeout=120):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(smoke_data, tmp_path):
+    data = smoke_data["synth-coco"]
+    train(_cfg(data, tmp_path / "straight", "optim.steps=8", "run.checkpoint_every=2", "run.val_every=1000"))
+    proc = _run_cli(data, tmp_path / "killed", 8)
+    _wait_for(tmp_path / "killed" / "checkpoints" / "step_0000004", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train(_cfg(data, tmp_path / "killed", "optim.steps=8", "run.checkpoint_every=2", "run.val_every=1000",
+                         "run.resume=latest"))
+    assert resumed.step == 8
+    a, b = _weights(tmp_path / "straight", 8), _weights(tmp_path / "killed", 8)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(smoke_data, tmp_path, monkeypatch):
+    data = smoke_data["synth-coco"]
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, path, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint: die after the weights, before the state is written
+            raise KeyboardInterrupt("killed during save")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(ckpt_module.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data, tmp_path, "optim.steps=6", "run.checkpoint_every=2", "run.val_every=1000"))
+    monkeypatch.setattr(ckpt_module.torch, "save", real_save)
+    root = tmp_path / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step_0000002"
+    assert list(root.glob(".step_0000004.tmp*"))  # the half-written one, never visible as a checkpoint
+    resumed = train(_cfg(data, tmp_path, "optim.steps=6", "run.checkpoint_every=2", "run.val_every=1000",
+                         "run.resume=latest"))
+    assert resumed.step == 6 and not list(root.glob(".step_*.tmp*"))
+
+
+def test_sigterm_saves_and_exits_cleanly(smoke_data, tmp_path):
+    proc = _run_cli(smoke_data["synth-coco"], tmp_path, 400)
+    _wait_for(tmp_path / "checkpoints" / "step_0000002", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by SIGTERM" in out
+    latest = (tmp_path / "checkpoints" / "latest").read_text().strip()
+    assert int(latest.split("_")[1]) >= 2
+
+
+def test_nan_loss_stops_with_step_terms_and_last_checkpoint(smoke_data, tmp_path, monkeypatch):
+    from mmd2v2_core.train import loop
+
+    real = loop.Objective.forward
+    state = {"calls": 0}
+
+    def poisoned(self, out, targets):
+        state["calls"] += 1
+        terms = real(self, out, targets)
+        if state["calls"] == 5:
+            terms["kd"] = terms["kd"] * float("nan")
+            terms["loss"] = terms["loss"] + terms["kd"]
+        return terms
+
+    monkeypatch.setattr(loop.Objective, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 5: loss is not finite \(kd=nan.*last good checkpoint: .*step_0000004"):
+        train(_cfg(smoke_data["synth-coco"], tmp_path, "optim.steps=10", "run.checkpoint_every=2",
+                   "run.val_every=1000"))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, data, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), MMD2V2_PROGRESS="off")
+    torch.set_num_threads(1)
+    train(_cfg(data, out, "optim.steps=6", "run.val_every=1000", "run.checkpoint_every=6",
+               "loss.kd=cdl", "loss.memory_bank=40", "optim.batch_size=16", "run.log_every=1"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(smoke_data, tmp_path):
+    data = smoke_data["synth-coco"]
+    train(_cfg(data, tmp_path / "one", "optim.steps=6", "run.val_every=1000", "run.checkpoint_every=6",
+               "loss.kd=cdl", "loss.memory_bank=40", "optim.batch_size=16", "run.log_every=1"))
+    mp.spawn(_rank_main, args=(2, _free_port(), data, tmp_path / "two"), nprocs=2, join=True)
+
+    def losses(out):
+        return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()
+                if json.loads(l)["kind"] == "train"]
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    assert two == pytest.approx(one, rel=1e-4)  # ITC and the memory bank see the same global batch
+    a, b = _weights(tmp_path / "one", 6), _weights(tmp_path / "two", 6)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
