@@ -107,6 +107,31 @@ def _train(args: argparse.Namespace) -> None:
           f"val mean recall {last.get('mean', float('nan')):.2f}, best checkpoint {result.best_checkpoint}")
 
 
+def _eval_retrieval(args: argparse.Namespace) -> None:
+    from .config import to_dict
+    from .data.tokenizer import CaptionTokenizer
+    from .data.transforms import ImageTransformConfig, eval_transform
+    from .eval.embed import evaluate_retrieval
+    from .train.loop import load_trained_student
+
+    student, cfg = load_trained_student(args.checkpoint)
+    transform = eval_transform(ImageTransformConfig(size=student.cfg.image_size))
+    result = evaluate_retrieval(student, args.data, args.split, transform, CaptionTokenizer(cfg.data.tokenizer),
+                                batch_size=args.batch_size, device=args.device)
+    result.update(row=args.row or f"{cfg.student.preset} ({cfg.student.size}, teacher {cfg.teacher.name})",
+                  checkpoint=str(Path(args.checkpoint).resolve()), config=to_dict(cfg))
+    m = result["metrics"]
+    print(f"{result['dataset']} {result['split']}: {result['images']:,} images, {result['captions']:,} captions")
+    print(f"  image→text  R@1 {m['i2t_r1']:6.2f}  R@5 {m['i2t_r5']:6.2f}  R@10 {m['i2t_r10']:6.2f}")
+    print(f"  text→image  R@1 {m['t2i_r1']:6.2f}  R@5 {m['t2i_r5']:6.2f}  R@10 {m['t2i_r10']:6.2f}")
+    print(f"  mean {m['mean']:.2f}   median rank i2t {result['ranks']['i2t_median_rank']:.0f}, "
+          f"t2i {result['ranks']['t2i_median_rank']:.0f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"  written to {args.out}")
+
+
 def _report_tables(args: argparse.Namespace) -> None:
     from .report.tables import load_references, load_results, seed_tables, write_tables
 
@@ -192,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.root=DIR optim.steps=100")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained student").add_subparsers(dest="eval_command",
+                                                                                        required=True)
+    retrieval = evaluate.add_parser("retrieval", help="zero-shot image↔text retrieval, R@1/5/10 both ways")
+    retrieval.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint folder of `mmd2v2 train`")
+    retrieval.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
+    retrieval.add_argument("--split", default="test")
+    retrieval.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    retrieval.add_argument("--row", default=None, help="row label in the report tables")
+    retrieval.add_argument("--batch-size", type=int, default=256)
+    retrieval.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    retrieval.set_defaults(func=_eval_retrieval)
 
     model = sub.add_parser("model", help="student presets").add_subparsers(dest="model_command", required=True)
     summary = model.add_parser("summary", help="parameter counts of a student preset (total, trainable, per part)")

@@ -175,3 +175,22 @@ def test_two_processes_match_one_process_with_the_same_global_batch(smoke_data, 
     assert two == pytest.approx(one, rel=1e-4)  # ITC and the memory bank see the same global batch
     a, b = _weights(tmp_path / "one", 6), _weights(tmp_path / "two", 6)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_eval_retrieval_command_on_a_checkpoint(smoke_data, tmp_path, capsys):
+    from mmd2v2_core.cli import main
+    from mmd2v2_core.report.tables import load_references, load_results, render_markdown, seed_tables
+
+    train(_cfg(smoke_data["synth-coco"], tmp_path / "run", "optim.steps=4", "run.val_every=1000"))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000004"
+    out = tmp_path / "flickr.json"
+    assert main(["eval", "retrieval", "--checkpoint", str(ckpt), "--data", str(smoke_data["synth-flickr"]),
+                 "--split", "test", "--out", str(out), "--row", "smoke student", "--device", "cpu"]) == 0
+    assert "synth-flickr test: 128 images, 643 captions" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["row"] == "smoke student" and result["checkpoint"] == str(ckpt.resolve())
+    assert result["config"]["student"]["preset"] == "mmd2v2_6" and set(result["metrics"]) >= {"i2t_r1", "mean"}
+    synthetic = seed_tables(load_references(), load_results([out]))[-1]
+    assert "| smoke student |" in render_markdown(synthetic)
+    assert main(["eval", "retrieval", "--checkpoint", str(tmp_path), "--data", str(smoke_data["synth-flickr"])]) == 2
+    assert "not a training checkpoint (no config.yaml)" in capsys.readouterr().err

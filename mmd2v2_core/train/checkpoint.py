@@ -5,7 +5,8 @@ A checkpoint is a folder ``<out_dir>/checkpoints/step_0000200/`` holding
 * ``model.safetensors`` — the student's (and the loss module's) weights; never the teacher's;
 * ``state.pt`` — optimiser, scheduler, scaler, RNG states, the step (which is the data position), the
   best validation score; plain tensors and numbers, loaded with ``torch.load(weights_only=True)``;
-* ``config.yaml`` — the resolved configuration.
+* ``config.yaml`` — the resolved training configuration; ``student.json`` — the student's architecture,
+  so evaluation can rebuild the model without the teacher or the data.
 
 It is written into a temporary folder and renamed into place; ``latest`` (a one-line file) is then
 replaced atomically. A kill during a save leaves a ``.tmp`` folder that is ignored and cleaned up,
@@ -14,6 +15,7 @@ and ``latest`` still names the previous complete checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -53,7 +55,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, state: dict, config_yaml: str,
-                    keep: int = 2) -> Path:
+                    student_config: dict, keep: int = 2) -> Path:
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -63,6 +65,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, stat
     save_model(model, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     (tmp / "config.yaml").write_text(config_yaml)
+    (tmp / "student.json").write_text(json.dumps(student_config, indent=2) + "\n")
     for f in tmp.iterdir():  # the data must be on disk before the rename makes the folder visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

@@ -215,6 +215,27 @@ class _Logger:
                 self.tb.close()
 
 
+def load_trained_student(path: str | Path) -> tuple[nn.Module, TrainConfig]:
+    """The student of a checkpoint folder, in eval mode, with the configuration it was trained with."""
+    import yaml
+
+    from ..config import from_dict
+    from ..errors import DataError
+    from ..student.model import MultimodalStudent, StudentConfig
+
+    path = Path(path)
+    for name in ("config.yaml", "student.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise DataError(f"{path}: not a training checkpoint (no {name})")
+    cfg = from_dict(yaml.safe_load((path / "config.yaml").read_text()))
+    student_cfg = StudentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in json.loads((path / "student.json").read_text()).items()})
+    student = MultimodalStudent(student_cfg)
+    target_dim = student_cfg.kd_dim or student_cfg.num_classes
+    load_checkpoint(path, Trainable(student, Objective(cfg, target_dim)))
+    return student.eval(), cfg
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
@@ -289,7 +310,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "best": best,
                  "val_history": val_history}
-        return save_checkpoint(out_dir, step, model, state, to_yaml(cfg))
+        return save_checkpoint(out_dir, step, model, state, to_yaml(cfg), student.config_dict())
 
     if step == 0 and rank == 0 and not val_history:
         validate_and_maybe_mark(None)  # the untrained student: the baseline every later score is read against
