@@ -116,7 +116,7 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
 
     student, cfg = load_trained_student(args.checkpoint)
     transform = eval_transform(ImageTransformConfig(size=student.cfg.image_size))
-    result = evaluate_retrieval(student, args.data, args.split, transform, CaptionTokenizer(cfg.data.tokenizer),
+    result = evaluate_retrieval(student, args.data, args.split, transform, CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len),
                                 batch_size=args.batch_size, device=args.device)
     result.update(row=args.row or f"{cfg.student.preset} ({cfg.student.size}, teacher {cfg.teacher.name})",
                   checkpoint=str(Path(args.checkpoint).resolve()), config=to_dict(cfg))
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="student presets").add_subparsers(dest="model_command", required=True)
     summary = model.add_parser("summary", help="parameter counts of a student preset (total, trainable, per part)")
     summary.add_argument("preset", help="mmd2v2_6 | mmd2v2_7 | mmd2v2_7_2 | smke")
-    summary.add_argument("--size", default="real", help="real | embedded | smoke")
+    summary.add_argument("--size", default="real", help="real | embedded | minilm | smoke")
     summary.add_argument("--attention", default=None, help="separate | shared (default: the preset's)")
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(func=_model_summary)

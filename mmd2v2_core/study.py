@@ -1,111 +1,253 @@
-"""The study runner: runs every stage that exists, in order, and writes ``reports/report.md``.
+"""The study: which runs it makes, where their results go, and the tables it builds from them.
 
-The full study (teacher targets, distillation, retrieval tables, ablations, embedding plots) is
-executed notebook by notebook; stages that are not built yet are listed in the report as pending,
-so the main command always says what it did and what is missing.
+The notebooks in ``notebooks/`` call these functions in order; ``runner.py`` executes the notebooks.
+Everything is written under one run directory and every stage skips work whose results already exist,
+so a rerun continues where the last one stopped::
+
+    <run_dir>/data/<domain>/           synthetic datasets (prepared indexes)
+    <run_dir>/cache/<teacher>/         teacher targets of the train split
+    <run_dir>/runs/<run>/seed<k>/      training runs (checkpoints, metrics.jsonl)
+    <run_dir>/results/<run>/seed<k>-<dataset>.json   test-split retrieval results
+
+Runs (``RUNS``) and the rows they feed:
+
+* Table 1 — the student before distillation (its towers never aligned: the seed's "Data2Vec2" row),
+  MM-D2V2 with the 5+1, 5+2 and 6+1 layouts (KD = MSE on the teacher target, the seed's loss), and the
+  successor S-SMKE (ITC + contrastive distillation + teacher memory bank);
+* teacher ablation on the S-SMKE recipe (as the thesis): pretrained teacher, random-init teacher of the
+  same architecture, no teacher (ITC only);
+* attention ablation on the MM-D2V2 recipe: separate vs shared self-attention, and the three layouts.
 """
 
 from __future__ import annotations
 
-import time
+import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.index import load_manifest, read_split
 from .errors import ConfigError
 
-PENDING_STAGES = (
-    ("01_teacher_targets", "teachers and cached targets (issue #4)"),
-    ("02_distillation_pretraining", "student, losses and trainer (issues #5, #6)"),
-    ("03_retrieval_eval", "measured rows of Tables 1 and 2: needs a trained student (issues #5, #6)"),
-    ("04_ablation_teacher", "teacher ablation (issue #7)"),
-    ("05_ablation_attention", "attention / layout ablation (issue #7)"),
-    ("06_embeddings_and_browser", "embedding plots and the retrieval browser (issue #7)"),
-)
+NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
+             "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser")
+TEST_SETS = ("synth-coco", "synth-flickr")
 
 
 @dataclass(frozen=True)
-class SplitStats:
-    dataset: str
-    split: str
-    images: int
-    captions: int
-    min_per_image: int
-    max_per_image: int
-    mean_words: float
-    vocabulary: int
+class RunSpec:
+    name: str
+    label: str
+    overrides: tuple[str, ...]
+    teacher: str  # which target cache: "pretrained" | "random" | "none"
 
 
-def split_stats(index_dir: Path, split: str) -> SplitStats:
-    records = read_split(index_dir, split)
-    per_image = [len(r.captions) for r in records]
-    words = [c.lower().replace(",", " ").replace(".", " ").replace(":", " ").split()
-             for r in records for c in r.captions]
-    return SplitStats(
-        dataset=load_manifest(index_dir)["dataset"], split=split, images=len(records), captions=sum(per_image),
-        min_per_image=min(per_image), max_per_image=max(per_image),
-        mean_words=sum(map(len, words)) / len(words), vocabulary=len({w for ws in words for w in ws}),
-    )
+_SMKE = ("student.preset=smke", "loss.kd=cdl", "loss.itc_weight=1.0")
+RUNS = {r.name: r for r in [
+    RunSpec("mmd2v2_6", "MM-D2V2 5+1 (separate attention)", (), "pretrained"),
+    RunSpec("mmd2v2_7_2", "MM-D2V2 7_2 (5+2)", ("student.preset=mmd2v2_7_2",), "pretrained"),
+    RunSpec("mmd2v2_7", "MM-D2V2 7 (6+1)", ("student.preset=mmd2v2_7",), "pretrained"),
+    RunSpec("mmd2v2_6_shared", "MM-D2V2 5+1, shared attention", ("student.attention=shared",), "pretrained"),
+    RunSpec("smke", "S-SMKE (ITC + CDL + memory bank)", _SMKE, "pretrained"),
+    RunSpec("smke_random_teacher", "S-SMKE, random-init teacher", (*_SMKE, "teacher.tiny=true"), "random"),
+    RunSpec("smke_no_teacher", "S-SMKE without teacher (ITC only)",
+            ("student.preset=smke", "loss.kd=none", "loss.itc_weight=1.0", "teacher.name=none"), "none"),
+]}
+TABLE1 = ("mmd2v2_6", "mmd2v2_7_2", "mmd2v2_7", "smke")
+TEACHER_ABLATION = ("smke", "smke_random_teacher", "smke_no_teacher")
+ATTENTION_ABLATION = ("mmd2v2_6", "mmd2v2_6_shared", "mmd2v2_7_2", "mmd2v2_7")
 
 
-def _stats_table(stats: list[SplitStats]) -> str:
-    lines = ["| dataset | split | images | captions | captions/image | mean words | distinct words |",
-             "|---|---|---:|---:|---|---:|---:|"]
-    for s in stats:
-        lines.append(f"| {s.dataset} | {s.split} | {s.images:,} | {s.captions:,} | {s.min_per_image}–{s.max_per_image} "
-                     f"| {s.mean_words:.1f} | {s.vocabulary} |")
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class StudyProfile:
+    name: str
+    data_profile: str
+    train_config: str
+    steps: int
+    batch_size: int
+    seeds: tuple[int, ...]
+    memory_bank: int
+    layout_note: str
 
 
-def run_study(profile: str = "embedded", data_dir: str | Path = "data", reports_dir: str | Path = "reports",
-              seed: int = 0) -> Path:
-    from data_prep.synth import PROFILES, generate
+PROFILES = {
+    "smoke": StudyProfile("smoke", "smoke", "smoke", steps=12, batch_size=32, seeds=(0,), memory_bank=64,
+                          layout_note="smoke size (width 32); tiny random-init teacher in every teacher slot"),
+    "embedded": StudyProfile("embedded", "embedded", "embedded", steps=150, batch_size=64, seeds=(0, 1),
+                             memory_bank=4096,
+                             layout_note="embedded size: width 128, modality-specific layers scaled 5→2, 6→3"),
+}
 
-    from .report.tables import load_references, render_markdown, seed_tables, write_tables
-    from .viz.samples import plot_samples
 
-    if profile not in PROFILES:
-        raise ConfigError(
-            f"profile {profile!r}: the study can run {sorted(PROFILES)} so far; the 'real' profile needs "
-            "the trainer and teachers (issues #4–#6)"
-        )
-    data_dir, reports_dir = Path(data_dir) / profile, Path(reports_dir)
-    start = time.perf_counter()
-    # The study's data folder holds only generated, reproducible data: regenerate it when stale.
-    domains = generate(data_dir, profile, seed, overwrite=True)
-    data_seconds = time.perf_counter() - start
+def get_profile(name: str) -> StudyProfile:
+    if name not in PROFILES:
+        raise ConfigError(f"study profile {name!r}: choose one of {', '.join(PROFILES)} "
+                          "(the 'real' profile runs `mmd2v2 train` with the real_* configs on GPUs)")
+    return PROFILES[name]
 
-    stats = [split_stats(d, s) for d in domains.values() for s in load_manifest(d)["splits"]]
-    figure = plot_samples({name: read_split(d, "test")[:4] for name, d in domains.items()},
-                          reports_dir / "figures" / "synthetic_samples.png")
-    tables = seed_tables(load_references())
-    write_tables(tables, reports_dir / "tables")
-    report = reports_dir / "report.md"
-    report.write_text("\n".join([
-        f"# MM-D2V2 study report — profile `{profile}`",
-        "",
-        "Generated by `mmd2v2 study`; every number below comes from this run.",
-        "",
-        "## 00 Data",
-        "",
-        f"Synthetic Karpathy-format datasets (seed {seed}) in `{data_dir}`, ready in {data_seconds:.1f} s "
-        "(generated, or reused when already there with the same parameters).",
-        "",
-        _stats_table(stats),
-        "",
-        f"![samples]({figure.relative_to(reports_dir).as_posix()})",
-        "",
-        "## Reference tables (quoted)",
-        "",
-        "The seed's tables with the published numbers (`reports/tables/*.md|tex|csv`); measured rows join them",
-        "once the student is trained.",
-        "",
-        *[render_markdown(t) for t in tables],
-        "## Pending stages",
-        "",
-        "These parts of the study are not built yet, so they did not run:",
-        "",
-        *[f"- `{name}` — {what}" for name, what in PENDING_STAGES],
-        "",
-    ]), encoding="utf-8")
-    return report
+
+class Study:
+    def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = ()):
+        self.profile = get_profile(profile)
+        self.run_dir = Path(run_dir)
+        self.overrides = list(overrides)
+
+    # -------------------------------------------------------------- paths
+    def data(self, domain: str) -> Path:
+        return self.run_dir / "data" / domain
+
+    def cache(self, teacher: str) -> Path:
+        return self.run_dir / "cache" / teacher
+
+    def run_out(self, run: str, seed: int) -> Path:
+        return self.run_dir / "runs" / run / f"seed{seed}"
+
+    def result_path(self, run: str, seed: int, dataset: str) -> Path:
+        return self.run_dir / "results" / run / f"seed{seed}-{dataset}.json"
+
+    # -------------------------------------------------------------- stages
+    def prepare_data(self) -> dict[str, Path]:
+        from data_prep.synth import generate
+
+        # The study's data folder holds only generated, reproducible data: regenerate it when stale.
+        return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
+
+    def base_config(self, run: RunSpec, seed: int, extra: list[str] = ()):
+        from .config import load_config
+
+        overrides = [f"data.root={self.data('synth-coco')}", f"run.out_dir={self.run_out(run.name, seed)}",
+                     f"optim.steps={self.profile.steps}", f"optim.batch_size={self.profile.batch_size}",
+                     f"optim.seed={seed}", "run.resume=latest", f"loss.memory_bank={self.profile.memory_bank}",
+                     *run.overrides]
+        if run.teacher != "none":
+            overrides.append(f"teacher.cache={self.cache(run.teacher)}")
+        return load_config(self.profile.train_config, [*overrides, *extra, *self.overrides])
+
+    def build_caches(self) -> dict[str, dict]:
+        """Targets of the pretrained teacher and of its random-init twin, for the train split."""
+        import time
+
+        from .teachers.cache import TargetCache, build_cache
+        from .teachers.inspect import preprocess_of
+        from .teachers.registry import create_teacher
+
+        report = {}
+        for key, run in (("pretrained", RUNS["smke"]), ("random", RUNS["smke_random_teacher"])):
+            cfg = self.base_config(run, 0)
+            teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
+            start = time.perf_counter()
+            built = build_cache(teacher, cfg.teacher.target, cfg.data.root, cfg.data.train_split, self.cache(key),
+                                preprocess_of(teacher, cfg.teacher.image_size), batch_size=128)
+            seconds = time.perf_counter() - start
+            cache = TargetCache(self.cache(key))
+            report[key] = {"teacher": cache.meta["fingerprint"]["teacher"], "items": len(cache), "dim": cache.dim,
+                           "computed_shards": len(built.computed), "seconds": round(seconds, 1)}
+        return report
+
+    def train(self, run_name: str, seed: int) -> Path:
+        """Train (or finish training) one run; returns its final checkpoint."""
+        from .train.checkpoint import checkpoint_root
+        from .train.loop import train
+
+        final = checkpoint_root(self.run_out(run_name, seed)) / f"step_{self.profile.steps:07d}"
+        if not (final / "model.safetensors").is_file():
+            train(self.base_config(RUNS[run_name], seed))
+        return final
+
+    def evaluate(self, run_name: str, seed: int) -> list[dict]:
+        """Test-split retrieval of one trained run on both test sets (cached in results/)."""
+        from .train.loop import load_trained_student
+
+        paths = [self.result_path(run_name, seed, d) for d in TEST_SETS]
+        if all(p.is_file() for p in paths):
+            return [json.loads(p.read_text()) for p in paths]
+        student, cfg = load_trained_student(self.train(run_name, seed))
+        return self._score(student, cfg.data.tokenizer, run_name, seed, RUNS[run_name].label)
+
+    def evaluate_unaligned(self, seed: int = 0) -> list[dict]:
+        """The student before distillation: towers that never saw each other — the chance-level row."""
+        from .student.presets import build_student, get_preset
+
+        paths = [self.result_path("unaligned", seed, d) for d in TEST_SETS]
+        if all(p.is_file() for p in paths):
+            return [json.loads(p.read_text()) for p in paths]
+        cfg = self.base_config(RUNS["mmd2v2_6"], seed)
+        import torch
+
+        torch.manual_seed(seed)
+        student, _ = build_student(get_preset(cfg.student.preset, cfg.student.size), cfg.student.init)
+        return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed, "Unaligned towers (step 0)")
+
+    def _score(self, student, tokenizer_name: str, run_name: str, seed: int, label: str) -> list[dict]:
+        from .data.tokenizer import CaptionTokenizer
+        from .data.transforms import ImageTransformConfig, eval_transform
+        from .eval.embed import evaluate_retrieval
+
+        tokenizer = CaptionTokenizer(tokenizer_name, max_length=student.cfg.max_text_len)
+        transform = eval_transform(ImageTransformConfig(size=student.cfg.image_size))
+        results = []
+        for dataset in TEST_SETS:
+            result = evaluate_retrieval(student, self.data(dataset), "test", transform, tokenizer, batch_size=512)
+            result.update(row=label, run=run_name, seed=seed, profile=self.profile.name)
+            path = self.result_path(run_name, seed, dataset)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2) + "\n")
+            results.append(result)
+        return results
+
+    def run_all(self, runs: tuple[str, ...]) -> list[dict]:
+        out = []
+        for name in runs:
+            for seed in self.profile.seeds:
+                out += self.evaluate(name, seed)
+        return out
+
+    # -------------------------------------------------------------- tables
+    def results(self, run_name: str) -> list[dict]:
+        folder = self.run_dir / "results" / run_name
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+    def mean_rows(self, runs: tuple[str, ...]) -> list[dict]:
+        """Per run and test set: the mean over seeds of every recall (what Table 1's measured rows show)."""
+        rows = []
+        for name in runs:
+            for dataset in TEST_SETS:
+                found = [r for r in self.results(name) if r["dataset"] == dataset]
+                if not found:
+                    continue
+                keys = found[0]["metrics"].keys()
+                label = found[0]["row"] + (f" — mean of {len(found)} seeds" if len(found) > 1 else "")
+                rows.append({"row": label, "dataset": dataset, "split": "test",
+                             "metrics": {k: statistics.fmean(r["metrics"][k] for r in found) for k in keys}})
+        return rows
+
+    def ablation_table(self, runs: tuple[str, ...], title: str) -> str:
+        """Markdown: mean ± spread (half the range over seeds) of the mean recall, per test set, with seed counts."""
+        lines = [f"**{title}**", "",
+                 "| run | seeds | synth-coco mean R | synth-flickr mean R | synth-coco I→T R@1 | synth-coco T→I R@1 |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for name in runs:
+            res = self.results(name)
+            if not res:
+                continue
+
+            def stat(dataset, key):
+                values = [r["metrics"][key] for r in res if r["dataset"] == dataset]
+                if not values:
+                    return "-"
+                half = (max(values) - min(values)) / 2
+                return f"{statistics.fmean(values):.2f} ± {half:.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+            seeds = len({r["seed"] for r in res})
+            lines.append(f"| {RUNS[name].label} | {seeds} | {stat('synth-coco', 'mean')} | {stat('synth-flickr', 'mean')} "
+                         f"| {stat('synth-coco', 'i2t_r1')} | {stat('synth-coco', 't2i_r1')} |")
+        return "\n".join(lines) + "\n"
+
+    def within_noise(self, a: str, b: str, dataset: str = "synth-coco") -> tuple[float, float, bool]:
+        """(difference of mean recall a − b, the larger seed spread, whether the difference is inside it)."""
+        def values(name):
+            return [r["metrics"]["mean"] for r in self.results(name) if r["dataset"] == dataset]
+
+        va, vb = values(a), values(b)
+        diff = statistics.fmean(va) - statistics.fmean(vb)
+        spread = max(max(va) - min(va), max(vb) - min(vb))
+        return diff, spread, abs(diff) <= spread

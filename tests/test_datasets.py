@@ -57,7 +57,7 @@ def test_loader_with_workers_and_collator(smoke_data, tokenizer):
     loader = DataLoader(pairs, batch_size=16, shuffle=True, num_workers=2, collate_fn=PairCollator(tokenizer))
     batch = next(iter(loader))
     assert batch["images"].shape == (16, 3, 32, 32)
-    assert batch["input_ids"].shape == batch["attention_mask"].shape == (16, 64)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[1] <= 64
     assert batch["image_index"].shape == batch["pair_index"].shape == (16,)
     assert len(batch["captions"]) == 16
     assert torch.equal(batch["input_ids"], tokenizer(batch["captions"])["input_ids"])

@@ -132,8 +132,8 @@ def test_every_preset_builds_runs_and_reports_its_size(arch, attention):
     assert report == {"image": "random", "text": "random"}
 
 
-def test_embedded_preset_starts_from_minilm():
-    student, report = build_student(get_preset("mmd2v2_7", "embedded"))
+def test_minilm_size_starts_from_minilm():
+    student, report = build_student(get_preset("mmd2v2_7", "minilm"))
     assert report == {"image": "random", "text": "minilm layers [0, 1, 2, 3, 4, 5]"}
     minilm = create_teacher("minilm").model
     assert torch.equal(student.specific[3].text.mlp.fc1.weight, minilm.encoder.layer[3].intermediate.dense.weight)
@@ -142,3 +142,9 @@ def test_embedded_preset_starts_from_minilm():
 def test_real_smke_is_near_the_thesis_size():
     params = summarize("smke", "real")["parameters"]
     assert 116e6 < params["total"] < 118e6  # the thesis: ≈117M
+
+
+def test_embedded_layouts_are_scaled_down_versions_of_the_seed_layouts():
+    layouts = {a: (get_preset(a, "embedded").config.n_specific, get_preset(a, "embedded").config.n_shared)
+               for a in ARCHS}
+    assert layouts == {"mmd2v2_6": (2, 1), "mmd2v2_7": (3, 1), "mmd2v2_7_2": (2, 2), "smke": (3, 1)}

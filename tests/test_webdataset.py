@@ -58,7 +58,7 @@ def test_streams_good_pairs_and_skips_bad_samples(shards, caplog):
 def test_batches_through_the_pair_collator(shards, tokenizer):
     ds = webdataset_pairs(shards, eval_transform(ImageTransformConfig(size=16)), shuffle=10, seed=1)
     batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=PairCollator(tokenizer))))
-    assert batch["images"].shape == (4, 3, 16, 16) and batch["input_ids"].shape == (4, 64)
+    assert batch["images"].shape == (4, 3, 16, 16) and batch["input_ids"].shape == (4, 5)  # [CLS] "caption" "N" … [SEP]
     assert sorted(batch["captions"]) == ["caption 0", "caption 1", "caption 2", "caption 5"]
 
 

