@@ -141,9 +141,9 @@ def _report_tables(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from .study import run_study
+    from .runner import run_study
 
-    report = run_study(args.profile, args.data_dir, args.reports, args.seed)
+    report = run_study(args.profile, args.run_dir, args.reports, args.only, args.start, args.params, args.notebooks)
     print(f"report: {report}")
 
 
@@ -246,11 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--out", type=Path, default=Path("reports/tables"))
     tables.set_defaults(func=_report_tables)
 
-    study = sub.add_parser("study", help="run the study and regenerate reports/")
-    study.add_argument("--profile", default="embedded", help="smoke | embedded | real")
-    study.add_argument("--data-dir", type=Path, default=Path("data"))
-    study.add_argument("--reports", type=Path, default=Path("reports"))
-    study.add_argument("--seed", type=int, default=0)
+    study = sub.add_parser("study", help="execute the study notebooks with papermill and regenerate the report")
+    study.add_argument("--profile", default="embedded", help="smoke | embedded")
+    study.add_argument("--run-dir", type=Path, default=None, help="where the study's data, caches and runs go "
+                                                                  "(default: runs/study-<profile>)")
+    study.add_argument("--reports", type=Path, default=Path("reports"), help="report, tables, figures, executed notebooks")
+    study.add_argument("--only", default=None, help="run just this notebook, e.g. 03_retrieval_eval")
+    study.add_argument("--from", dest="start", default=None, help="rerun from this notebook on")
+    study.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                       help="training override for every run, e.g. -p optim.steps=300 (repeatable)")
+    study.add_argument("--notebooks", type=Path, default=Path("notebooks"))
     study.set_defaults(func=_study)
     return parser
 

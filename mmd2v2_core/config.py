@@ -42,6 +42,7 @@ class TeacherConfig:
     weights: str | None = None
     weights_dir: str | None = None
     target: str = "pooled"  # cls | cls_prenorm | mean | layer_avg | pooled | logits
+    normalize: bool = False  # parameter-free LayerNorm on each target (as data2vec): regress its pattern, not its scale
     top_k: int = 8
     image_size: int | None = None  # default: the teacher's own
     cache: str | None = None  # a `mmd2v2 targets` folder; the teacher is then never loaded

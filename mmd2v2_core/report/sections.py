@@ -1,0 +1,177 @@
+"""The report's sections, one function per notebook: each runs its stage's analysis, saves its figures
+and tables under ``reports/``, and returns the Markdown the notebook shows and the report keeps."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from pathlib import Path
+
+from ..data.index import load_manifest, read_split
+from ..study import ATTENTION_ABLATION, RUNS, TABLE1, TEACHER_ABLATION, TEST_SETS, Study
+
+
+def _rel(path: Path, reports_dir: Path) -> str:
+    return path.relative_to(reports_dir).as_posix()
+
+
+def data_section(study: Study, domains: dict[str, Path], reports_dir: Path) -> str:
+    from ..viz.samples import plot_samples
+
+    lines = ["| dataset | split | images | captions | captions/image | mean words | distinct words |",
+             "|---|---|---:|---:|---|---:|---:|"]
+    for domain, folder in domains.items():
+        for split in load_manifest(folder)["splits"]:
+            records = read_split(folder, split)
+            counts = [len(r.captions) for r in records]
+            words = [re.findall(r"[a-z]+", c.lower()) for r in records for c in r.captions]
+            lines.append(f"| {domain} | {split} | {len(records):,} | {sum(counts):,} | {min(counts)}–{max(counts)} | "
+                         f"{statistics.fmean(map(len, words)):.1f} | {len({w for ws in words for w in ws})} |")
+    figure = plot_samples({d: read_split(f, "test")[:4] for d, f in domains.items()},
+                          reports_dir / "figures" / "synthetic_samples.png")
+    return "\n".join(["## 00 Data", "",
+                      "Synthetic Karpathy-format datasets: `synth-coco` (the COCO 5K analogue, trained on) and "
+                      "`synth-flickr` (another rendering style and phrasing, never trained on: the Flickr30K 1K "
+                      "analogue). Every caption names every object, so perfect retrieval is possible.", "",
+                      *lines, "", f"![samples]({_rel(figure, reports_dir)})"])
+
+
+def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) -> str:
+    from ..teachers.inspect import inspect_teacher
+    from ..teachers.registry import create_teacher
+
+    lines = ["## 01 Teacher targets", "",
+             "| cache | teacher | items | dim | shards computed now | seconds |", "|---|---|---:|---:|---:|---:|"]
+    for key, c in caches.items():
+        lines.append(f"| {key} | {c['teacher']} | {c['items']:,} | {c['dim']} | {c['computed_shards']} | {c['seconds']} |")
+    cfg = study.base_config(RUNS["smke"], 0, ["teacher.cache=null"])
+    teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
+    if teacher.spec.num_classes and photos:
+        report = inspect_teacher(teacher, photos, top=1)
+        lines += ["", f"Sanity check of the teacher's weights on real photographs (top-1 ImageNet class of "
+                      f"`{teacher.spec.name}`{' — tiny random-init, so meaningless' if teacher.tiny else ''}):", ""]
+        for path, top in report["predictions"].items():
+            lines.append(f"- `{Path(path).name}`: {top[0]['name']} ({top[0]['probability']:.0%})")
+    return "\n".join(lines)
+
+
+def training_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> str:
+    from ..viz.curves import plot_training_curves
+
+    curves = {f"{RUNS[r].label} (seed {s})": study.run_out(r, s) / "metrics.jsonl"
+              for r in runs for s in study.profile.seeds}
+    figure = plot_training_curves(curves, reports_dir / "figures" / "training_curves.png")
+    p = study.profile
+    return "\n".join(["## 02 Distillation pretraining", "",
+                      f"{len(runs)} recipes × {len(p.seeds)} seed(s), {p.steps} steps of {p.batch_size} pairs each "
+                      f"({p.layout_note}). Validation on `synth-coco` val; step 0 is the untrained student.", "",
+                      f"![training curves]({_rel(figure, reports_dir)})"])
+
+
+def retrieval_section(study: Study, reports_dir: Path) -> str:
+    from ..report.tables import load_references, render_markdown, seed_tables, write_tables
+
+    measured = study.mean_rows(("unaligned", *TABLE1))
+    tables = seed_tables(load_references(), measured)
+    write_tables(tables, reports_dir / "tables")
+    synthetic = next(t for t in tables if t.name == "table1_synthetic")
+    unaligned = [r for r in measured if r["row"].startswith("Unaligned") and r["dataset"] == "synth-coco"]
+    lines = ["## 03 Retrieval evaluation", "",
+             "Zero-shot retrieval on the test splits (BEiT-3 / CLIP_benchmark protocol: all captions, an image "
+             "query hits when any of its captions is in its top K). Measured rows are means over the seeds; the "
+             "per-seed results are in the run directory's `results/`.", "", render_markdown(synthetic)]
+    if unaligned:
+        n = study.profile
+        chance = 100 * 1 / 5000 if n.data_profile == "embedded" else None
+        lines += [f"The unaligned towers score a mean recall of {unaligned[0]['metrics']['mean']:.2f} on synth-coco"
+                  + (f" (chance R@1 for text→image is {chance:.2f}%)." if chance else ".")]
+    lines += ["", "Reference tables with the published numbers (quoted, with sources in "
+              "`mmd2v2_core/report/references.yaml`; also as `.tex` and `.csv` in `reports/tables/`):", "",
+              *[render_markdown(t) for t in tables if t.name != "table1_synthetic"]]
+    return "\n".join(lines)
+
+
+def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
+    from ..data.tokenizer import CaptionTokenizer
+    from ..data.transforms import ImageTransformConfig, eval_transform
+    from ..eval.zeroshot import attribute_zero_shot
+    from ..train.loop import load_trained_student
+
+    lines = ["### Zero-shot attribute classification", "",
+             "Single-object `synth-coco` test images, prompts per attribute value averaged into class prototypes "
+             "(CLIP-style); seed 0 of each run.", "",
+             "| run | shape | colour | size | position |", "|---|---|---|---|---|"]
+    chance_row = None
+    for name in runs:
+        student, cfg = load_trained_student(study.train(name, study.profile.seeds[0]))
+        result = attribute_zero_shot(student, study.data("synth-coco"), "test",
+                                     eval_transform(ImageTransformConfig(size=student.cfg.image_size)),
+                                     CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len))
+        lines.append(f"| {RUNS[name].label} | " + " | ".join(f"{result[a]['accuracy']:.1f}" for a in
+                                                             ("shape", "color", "size", "position")) + " |")
+        chance_row = result
+    if chance_row:
+        lines.append("| *chance (majority class)* | " + " | ".join(
+            f"{chance_row[a]['chance']:.1f} ({chance_row[a]['majority']:.1f})" for a in ("shape", "color", "size", "position"))
+            + " |")
+        lines.append(f"\n{chance_row['shape']['images']} images.")
+    return "\n".join(lines)
+
+
+def ablation_section(study: Study, title: str, runs: tuple[str, ...], comparisons: list[tuple[str, str]],
+                     heading: str) -> str:
+    lines = [heading, "", study.ablation_table(runs, title),
+             "Mean recall = mean of R@1/5/10 both ways; ± is half the range over seeds.", ""]
+    for a, b in comparisons:
+        if not (study.results(a) and study.results(b)):
+            continue
+        diff, spread, noise = study.within_noise(a, b)
+        seeds = len(study.profile.seeds)
+        verdict = ("within the seed-to-seed spread: not a measured difference" if noise else
+                   "larger than the seed-to-seed spread")
+        if seeds < 2:
+            verdict = "one seed only: no spread to compare against"
+        lines.append(f"- {RUNS[a].label} vs {RUNS[b].label}: {diff:+.2f} points of mean recall on synth-coco "
+                     f"(largest spread {spread:.2f}) — {verdict}.")
+    return "\n".join(lines)
+
+
+def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
+    """The embedding map and the retrieval gallery of one run; returns (markdown, browser)."""
+    import torch
+
+    from ..data.datasets import RetrievalSplit
+    from ..data.tokenizer import CaptionTokenizer
+    from ..data.transforms import ImageTransformConfig, eval_transform
+    from ..eval.embed import embed_split
+    from ..train.loop import load_trained_student
+    from ..viz.browser import RetrievalBrowser
+    from ..viz.embeddings import embedding_map
+    from ..viz.gallery import plot_gallery
+
+    student, cfg = load_trained_student(study.train(run, study.profile.seeds[0]))
+    tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len)
+    split = RetrievalSplit.from_index(study.data("synth-coco"), "test")
+    n = min(n, len(split.records))
+    emb = embed_split(student, split, eval_transform(ImageTransformConfig(size=student.cfg.image_size)), tokenizer,
+                      batch_size=512)
+    first_caption = torch.tensor([int((emb.text_to_image == i).nonzero()[0]) for i in range(n)])
+    shapes = [r.extra["scene"]["objects"][0]["shape"] for r in split.records[:n]]
+    figure = reports_dir / "figures" / "embeddings_tsne.png"
+    stats = embedding_map(emb.image[:n], emb.text[first_caption], shapes, "shape of the first object", figure)
+    browser = RetrievalBrowser(split, emb.image, emb.text, lambda texts: student.encode_text(**tokenizer(texts)))
+    gallery = plot_gallery(browser, reports_dir / "figures" / "retrieval_gallery.png")
+    reading = (
+        f"Reading: a caption's own image is closer to it than other images are (cosine {stats['matched_cosine']:.2f} vs "
+        f"{stats['unmatched_cosine']:.2f} on average), and images whose first object has the same shape sit closer to "
+        f"each other's captions ({stats['same_attribute_cosine']:.2f}). An image's nearest caption among the {n} shares "
+        f"its first object's shape {stats['nearest_caption_same_attribute']:.0%} of the time (most common shape: "
+        f"{stats['attribute_chance']:.0%}). The two modalities' point clouds are offset by "
+        f"{stats['modality_gap']:.2f} standard deviations of the map (the modality gap).")
+    text = "\n".join(["## 06 Embeddings and retrieval browser", "",
+                      f"t-SNE of {n} `synth-coco` test images and one caption of each, from {RUNS[run].label} "
+                      f"(seed {study.profile.seeds[0]}).", "", f"![embeddings]({_rel(figure, reports_dir)})", "",
+                      reading, "", "Retrieval successes (green: the true image is first) and failures, "
+                      "caption → top-3 images:", "", f"![gallery]({_rel(gallery, reports_dir)})", "",
+                      "The interactive browser (ipywidgets) is in `notebooks/06_embeddings_and_browser.ipynb`."])
+    return text, browser

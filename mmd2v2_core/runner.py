@@ -1,0 +1,68 @@
+"""``mmd2v2 study``: execute the study notebooks in order with papermill and assemble the report.
+
+Each finished notebook leaves a marker in ``<run_dir>/done/``; a rerun starts at the first notebook
+without one (``--from NAME`` restarts there, ``--only NAME`` runs one). A failing notebook stops the
+study with its name, the failing cell and the error; its executed copy (with the error highlighted)
+stays in ``<reports>/notebooks/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .errors import ConfigError, KitError
+from .report.builder import assemble
+from .study import NOTEBOOKS, get_profile
+
+
+class StudyFailed(KitError):
+    """A study notebook raised."""
+
+
+def _selection(done_dir: Path, only: str | None, start: str | None) -> list[str]:
+    for name in (only, start):
+        if name is not None and name not in NOTEBOOKS:
+            raise ConfigError(f"unknown notebook {name!r}; the study's notebooks: {', '.join(NOTEBOOKS)}")
+    if only:
+        return [only]
+    if start:
+        chosen = list(NOTEBOOKS[NOTEBOOKS.index(start):])
+        for name in chosen:
+            (done_dir / f"{name}.json").unlink(missing_ok=True)
+        return chosen
+    return [n for n in NOTEBOOKS if not (done_dir / f"{n}.json").is_file()]
+
+
+def run_study(profile: str = "embedded", run_dir: str | Path | None = None, reports_dir: str | Path = "reports",
+              only: str | None = None, start: str | None = None, params: list[str] = (),
+              notebooks_dir: str | Path = "notebooks", log=print) -> Path:
+    import papermill as pm
+
+    get_profile(profile)
+    run_dir = Path(run_dir or f"runs/study-{profile}").resolve()
+    reports_dir, notebooks_dir = Path(reports_dir).resolve(), Path(notebooks_dir).resolve()
+    if not notebooks_dir.is_dir():
+        raise ConfigError(f"{notebooks_dir}: notebooks folder not found (run from the repository root or pass --notebooks)")
+    done_dir = run_dir / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    executed = reports_dir / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MMD2V2_PROGRESS", "plain")  # papermill shows a notebook's bars as log lines
+    parameters = {"profile": profile, "run_dir": str(run_dir), "reports_dir": str(reports_dir), "overrides": list(params)}
+    for name in _selection(done_dir, only, start):
+        source, target = notebooks_dir / f"{name}.ipynb", executed / f"{name}.ipynb"
+        log(f"[study] {name} …")
+        began = time.perf_counter()
+        try:
+            pm.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
+                                cwd=str(notebooks_dir.parent), progress_bar=False, log_output=False)
+        except pm.PapermillExecutionError as exc:
+            raise StudyFailed(f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue.strip()}); "
+                              f"executed copy with the error: {target}") from None
+        seconds = time.perf_counter() - began
+        (done_dir / f"{name}.json").write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+        log(f"[study] {name} done in {seconds:.0f} s")
+    return assemble(run_dir, reports_dir, profile, NOTEBOOKS)

@@ -1,0 +1,42 @@
+"""Retrieval successes and failures as a picture: caption queries and their top images."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..data.images import open_rgb  # noqa: E402
+
+
+def plot_gallery(browser, out: Path, per_kind: int = 3, top: int = 3) -> Path:
+    """``per_kind`` caption queries whose true image came first, and ``per_kind`` whose did not."""
+    fails = browser.failures("caption")
+    fail_set = set(fails)
+    wins = [j for j in range(len(browser.split.captions)) if j not in fail_set][:per_kind]
+    rows = [("success", j) for j in wins] + [("failure", j) for j in fails[:per_kind]]
+    fig, axes = plt.subplots(len(rows), top + 1, figsize=(2.3 * (top + 1), 2.3 * len(rows)), squeeze=False)
+    for r, (kind, j) in enumerate(rows):
+        answer = browser.by_caption(j)
+        axes[r][0].axis("off")
+        axes[r][0].text(0, 0.5, textwrap.fill(f"[{kind}, true rank {answer.true_rank}] {browser.split.captions[j]}", 28),
+                        fontsize=7, va="center")
+        for c, hit in enumerate(answer.hits[:top], start=1):
+            ax = axes[r][c]
+            ax.imshow(open_rgb(browser.split.records[hit.index].path))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            color = "tab:green" if hit.correct else "lightgray"
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(4)
+            ax.set_title(f"{hit.score:.2f}{' ✔' if hit.correct else ''}", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
