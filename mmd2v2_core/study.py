@@ -72,7 +72,7 @@ class StudyProfile:
 PROFILES = {
     "smoke": StudyProfile("smoke", "smoke", "smoke", steps=30, batch_size=32, seeds=(0,), memory_bank=64,
                           layout_note="smoke size (width 32); tiny random-init teacher in every teacher slot"),
-    "embedded": StudyProfile("embedded", "embedded", "embedded", steps=120, batch_size=64, seeds=(0, 1),
+    "embedded": StudyProfile("embedded", "embedded", "embedded", steps=80, batch_size=64, seeds=(0, 1),
                              memory_bank=4096,
                              layout_note="embedded size: width 128, modality-specific layers scaled 5→2, 6→3"),
 }
@@ -117,6 +117,8 @@ class Study:
         overrides = [f"data.root={self.data('synth-coco')}", f"run.out_dir={self.run_out(run.name, seed)}",
                      f"optim.steps={self.profile.steps}", f"optim.batch_size={self.profile.batch_size}",
                      f"optim.seed={seed}", "run.resume=latest", f"loss.memory_bank={self.profile.memory_bank}",
+                     # validate at step 0 and at the end only: the curves need both, the budget nothing between
+                     f"run.val_every={self.profile.steps}", f"run.checkpoint_every={max(1, self.profile.steps // 2)}",
                      *run.overrides]
         if run.teacher != "none":
             overrides.append(f"teacher.cache={self.cache(run.teacher)}")
@@ -186,7 +188,8 @@ class Study:
         transform = eval_transform(ImageTransformConfig(size=student.cfg.image_size))
         results = []
         for dataset in TEST_SETS:
-            result = evaluate_retrieval(student, self.data(dataset), "test", transform, tokenizer, batch_size=512)
+            result = evaluate_retrieval(student, self.data(dataset), "test", transform, tokenizer, batch_size=512,
+                                        num_workers=2)
             result.update(row=label, run=run_name, seed=seed, profile=self.profile.name)
             path = self.result_path(run_name, seed, dataset)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -194,3 +194,26 @@ def test_eval_retrieval_command_on_a_checkpoint(smoke_data, tmp_path, capsys):
     assert "| smoke student |" in render_markdown(synthetic)
     assert main(["eval", "retrieval", "--checkpoint", str(tmp_path), "--data", str(smoke_data["synth-flickr"])]) == 2
     assert "not a training checkpoint (no config.yaml)" in capsys.readouterr().err
+
+
+def test_bf16_gradient_checkpointing_and_accumulation_run(smoke_data, tmp_path):
+    result = train(_cfg(smoke_data["synth-coco"], tmp_path, "optim.steps=3", "optim.precision=bf16",
+                        "optim.grad_checkpointing=true", "optim.accum=2", "run.val_every=1000", "run.log_every=1"))
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result.step == 3 and [l["step"] for l in lines if l["kind"] == "train"] == [1, 2, 3]
+    assert (tmp_path / "tensorboard").is_dir() is False  # the smoke preset turns TensorBoard off
+
+
+def test_wandb_without_the_package_is_a_clear_error(smoke_data, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *a, **kw):
+        if name == "wandb":
+            raise ImportError("no wandb")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match="run.wandb=true needs the wandb package"):
+        train(_cfg(smoke_data["synth-coco"], tmp_path, "optim.steps=1", "run.wandb=true"))

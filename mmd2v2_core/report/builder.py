@@ -38,3 +38,22 @@ def assemble(run_dir: str | Path, reports_dir: str | Path, profile: str, noteboo
     reports_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, "\n".join(parts))
     return out
+
+
+def show(markdown: str, reports_dir: str | Path) -> None:
+    """Display a section in a notebook: its text as Markdown and its figures as images (their paths are
+    relative to the report, which a notebook opened from elsewhere could not resolve)."""
+    import re
+
+    from IPython.display import Image, Markdown, display
+
+    text: list[str] = []
+    for line in markdown.splitlines():
+        figure = re.fullmatch(r"!\[[^\]]*\]\(([^)]+)\)", line.strip())
+        if figure:
+            display(Markdown("\n".join(text)))
+            display(Image(filename=str(Path(reports_dir) / figure.group(1))))
+            text = []
+        else:
+            text.append(line)
+    display(Markdown("\n".join(text)))

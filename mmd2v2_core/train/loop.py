@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import TrainConfig, to_yaml
+from ..config import TrainConfig, to_dict, to_yaml
 from ..data.datasets import RetrievalSplit
 from ..data.index import read_split
 from ..data.tokenizer import CaptionTokenizer
@@ -193,30 +193,43 @@ def evaluate_val(student: nn.Module, split: RetrievalSplit, transform, tokenizer
 
 
 class _Logger:
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+    """metrics.jsonl always; TensorBoard by default; Weights & Biases when asked for (and installed)."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, wandb_config: dict | None = None):
         self.enabled = enabled
         self.jsonl = open(out_dir / "metrics.jsonl", "a") if enabled else None
-        self.tb = None
+        self.tb, self.wandb = None, None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        if enabled and wandb_config is not None:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("run.wandb=true needs the wandb package (pip install wandb)") from None
+            self.wandb = wandb.init(project="mmd2v2", name=out_dir.name, dir=str(out_dir), config=wandb_config,
+                                    resume="allow")
 
     def log(self, step: int, kind: str, values: dict) -> None:
         if not self.enabled:
             return
         self.jsonl.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
         self.jsonl.flush()
+        scalars = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
         if self.tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()
 
 
 def load_trained_student(path: str | Path) -> tuple[nn.Module, TrainConfig]:
@@ -292,7 +305,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True)) \
         if torch.multiprocessing.current_process().name == "MainProcess" else None
-    logger = _Logger(out_dir, rank == 0, cfg.run.tensorboard)
+    logger = _Logger(out_dir, rank == 0, cfg.run.tensorboard, to_dict(cfg) if cfg.run.wandb else None)
     if rank == 0:
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
         logger.log(step, "init", {"image": init_report["image"], "text": init_report["text"],

@@ -1,0 +1,74 @@
+"""The study as a user runs it: notebooks executed by papermill on the smoke profile, the report they
+produce, resuming, and a failing notebook named with its cell."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mmd2v2_core.cli import main
+from mmd2v2_core.study import NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_notebooks_are_thin_clean_and_parameterised():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert not any(c.get("outputs") for c in code), f"{name} has stored outputs"
+        params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1 and "profile" in params[0].source and "run_dir" in params[0].source
+        assert all(len(c.source.splitlines()) <= 12 for c in code), f"{name}: logic belongs in mmd2v2_core"
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    args = ["study", "--profile", "smoke", "--run-dir", str(root / "run"), "--reports", str(root / "reports"),
+            "--notebooks", str(ROOT / "notebooks")]
+    assert main(args) == 0
+    return root, args
+
+
+def test_smoke_study_produces_the_report(smoke_study):
+    root, _ = smoke_study
+    reports = root / "reports"
+    report = (reports / "report.md").read_text()
+    for heading in ("## 00 Data", "## 01 Teacher targets", "## 02 Distillation pretraining", "## 03 Retrieval evaluation",
+                    "## 04 Teacher ablation", "## 05 Attention and layout ablation", "## 06 Embeddings"):
+        assert heading in report
+    assert "Not run" not in report
+    assert "| Unaligned towers (step 0) |" in report and "| S-SMKE (ITC + CDL + memory bank) |" in report
+    assert "| FLAVA | 42.74 | 76.76 | - |" in report  # quoted rows carried along
+    for figure in ("synthetic_samples", "training_curves", "embeddings_tsne", "retrieval_gallery"):
+        assert (reports / "figures" / f"{figure}.png").stat().st_size > 5000
+    for table in ("table1", "table2", "table1_synthetic"):
+        assert {p.suffix for p in (reports / "tables").glob(f"{table}.*")} == {".md", ".tex", ".csv"}
+    executed = nbformat.read(reports / "notebooks" / "06_embeddings_and_browser.ipynb", as_version=4)
+    assert any(o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+               for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    results = list((root / "run" / "results").rglob("*.json"))
+    assert len(results) == 2 * 8  # 7 runs + the unaligned towers, on 2 test sets
+    assert {json.loads(p.read_text())["dataset"] for p in results} == {"synth-coco", "synth-flickr"}
+
+
+def test_rerun_continues_and_only_or_from_rerun_parts(smoke_study, capsys):
+    root, args = smoke_study
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "[study]" not in capsys.readouterr().out  # everything was done: nothing executes
+    assert main([*args, "--only", "05_ablation_attention"]) == 0
+    out = capsys.readouterr().out
+    assert "05_ablation_attention done" in out and "04_" not in out
+
+
+def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys):
+    root, args = smoke_study
+    assert main([*args, "--only", "02_distillation_pretraining", "-p", "optim.steps=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "notebook 02_distillation_pretraining failed in cell" in err and "optim.steps" in err
+    assert (root / "reports" / "notebooks" / "02_distillation_pretraining.ipynb").is_file()
+    assert main([*args, "--only", "07_nothing"]) == 2
+    assert "unknown notebook '07_nothing'" in capsys.readouterr().err
