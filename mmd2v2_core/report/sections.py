@@ -174,4 +174,7 @@ def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
                       reading, "", "Retrieval successes (green: the true image is first) and failures, "
                       "caption → top-3 images:", "", f"![gallery]({_rel(gallery, reports_dir)})", "",
                       "The interactive browser (ipywidgets) is in `notebooks/06_embeddings_and_browser.ipynb`."])
+    shot = reports_dir / "figures" / "browser_jupyterlab.png"
+    if shot.is_file():  # taken in a live JupyterLab page with headless Chromium (see the README)
+        text += f"\n\nThe browser in JupyterLab, stepping through failures:\n\n![browser]({_rel(shot, reports_dir)})"
     return text, browser
