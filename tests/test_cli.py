@@ -27,22 +27,6 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
     assert proc.stderr.strip() == f"error: {bad}: images[0]: missing field 'sentences'"
 
 
-def test_study_smoke_writes_report_and_lists_what_is_missing(tmp_path, capsys):
-    reports = tmp_path / "reports"
-    assert main(["study", "--profile", "smoke", "--data-dir", str(tmp_path / "data"), "--reports", str(reports)]) == 0
-    report = (reports / "report.md").read_text()
-    assert "| synth-coco | test | 256 | 1,283 | 5–7 |" in report
-    assert "| synth-flickr | test | 128 | 643 | 5–7 |" in report
-    assert "03_retrieval_eval" in report and "Pending stages" in report
-    assert "| FLAVA | 42.74 | 76.76 | - |" in report and (reports / "tables" / "table2.tex").is_file()
-    assert (reports / "figures" / "synthetic_samples.png").stat().st_size > 10_000
-
-
-def test_study_refuses_unknown_profile(tmp_path, capsys):
-    assert main(["study", "--profile", "real", "--data-dir", str(tmp_path)]) == 2
-    assert "profile 'real'" in capsys.readouterr().err
-
-
 def test_report_tables_command(tmp_path, capsys):
     result = tmp_path / "r.json"
     result.write_text(json.dumps({"row": "kit", "dataset": "synth-coco", "split": "test",

@@ -65,10 +65,12 @@ def test_rerun_continues_and_only_or_from_rerun_parts(smoke_study, capsys):
 
 
 def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys):
+    """Runs last in this module: it leaves the smoke study with a failed notebook."""
     root, args = smoke_study
-    assert main([*args, "--only", "02_distillation_pretraining", "-p", "optim.steps=abc"]) == 2
+    # 01 builds its training configs every time (even with the caches in place), so a bad override fails it
+    assert main([*args, "--only", "01_teacher_targets", "-p", "optim.steps=abc"]) == 2
     err = capsys.readouterr().err
-    assert "notebook 02_distillation_pretraining failed in cell" in err and "optim.steps" in err
-    assert (root / "reports" / "notebooks" / "02_distillation_pretraining.ipynb").is_file()
+    assert "notebook 01_teacher_targets failed in cell" in err and "optim.steps" in err
+    assert (root / "reports" / "notebooks" / "01_teacher_targets.ipynb").is_file()
     assert main([*args, "--only", "07_nothing"]) == 2
     assert "unknown notebook '07_nothing'" in capsys.readouterr().err
