@@ -39,9 +39,3 @@ def eval_transform(cfg: ImageTransformConfig) -> T.Compose:
         T.ToTensor(),
         T.Normalize(cfg.mean, cfg.std),
     ])
-
-
-def normalization_of(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) a timm model was trained with, from its pretrained config; ImageNet's otherwise."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))

@@ -19,7 +19,6 @@ from torchvision.transforms import functional as TF
 
 from ..data.images import open_rgb
 from ..data.index import ImageRecord
-from ..data.transforms import ImageTransformConfig
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,3 @@ class StepSampler(Sampler):
 
     def __len__(self) -> int:
         return self.steps - self.start
-
-
-def student_view(cfg: ImageTransformConfig) -> View:
-    return View(cfg.size, tuple(cfg.mean), tuple(cfg.std))
