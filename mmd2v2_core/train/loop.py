@@ -312,14 +312,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                                   "resumed_from": str(resume_from) if resume_from else ""})
     eval_tf = eval_transform(view)
 
-    def validate_and_maybe_mark(ckpt: Path | None) -> None:
-        nonlocal best
+    def validate() -> dict:
         metrics = evaluate_val(student, val_split, eval_tf, tokenizer, device)
         val_history.append({"step": step, **metrics})
         logger.log(step, "val", metrics)
-        if ckpt is not None and metrics["mean"] > best:
-            best = metrics["mean"]
-            mark_best(out_dir, ckpt)
+        model.train()
+        return metrics
 
     def checkpoint() -> Path | None:
         if rank != 0:
@@ -330,7 +328,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         return save_checkpoint(out_dir, step, model, state, to_yaml(cfg), student.config_dict())
 
     if step == 0 and rank == 0 and not val_history:
-        validate_and_maybe_mark(None)  # the untrained student: the baseline every later score is read against
+        validate()  # the untrained student: the baseline every later score is read against
     local = cfg.optim.batch_size // world // cfg.optim.accum
     sampler = StepSampler(len(dataset), cfg.optim.batch_size // cfg.optim.accum, cfg.optim.steps * cfg.optim.accum,
                           cfg.optim.seed, rank, world, start_step=step * cfg.optim.accum)
@@ -381,17 +379,17 @@ def train(cfg: TrainConfig) -> TrainResult:
                 values = {**terms_sum, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate, **scales}
                 logger.log(step, "train", values)
                 bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{rate:.0f}")
-            ckpt = None
-            if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.steps or stop["requested"]:
+            last_step = step == cfg.optim.steps
+            metrics = validate() if rank == 0 and (step % cfg.run.val_every == 0 or last_step) else None
+            is_best = metrics is not None and metrics["mean"] > best
+            if is_best:
+                best = metrics["mean"]
+            # validated steps are saved too, so the best one can be marked; the state holds this validation
+            if metrics is not None or step % cfg.run.checkpoint_every == 0 or last_step or stop["requested"]:
                 ckpt = checkpoint()
                 last_good = ckpt or last_good
-            if rank == 0 and (step % cfg.run.val_every == 0 or step == cfg.optim.steps):
-                if ckpt is None:
-                    ckpt = checkpoint()
-                validate_and_maybe_mark(ckpt)
-                # re-save so the stored state includes this validation (and the best score)
-                checkpoint()
-                model.train()
+                if is_best and ckpt is not None:
+                    mark_best(out_dir, ckpt)
             if stop["requested"]:
                 break
     finally:
