@@ -109,14 +109,12 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
     from .config import to_dict
-    from .data.tokenizer import CaptionTokenizer
-    from .data.transforms import ImageTransformConfig, eval_transform
-    from .eval.embed import evaluate_retrieval
+    from .eval.embed import evaluate_retrieval, student_inputs
     from .train.loop import load_trained_student
 
     student, cfg = load_trained_student(args.checkpoint)
-    transform = eval_transform(ImageTransformConfig(size=student.cfg.image_size))
-    result = evaluate_retrieval(student, args.data, args.split, transform, CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len),
+    transform, tokenizer = student_inputs(student, cfg.data.tokenizer)
+    result = evaluate_retrieval(student, args.data, args.split, transform, tokenizer,
                                 batch_size=args.batch_size, device=args.device)
     result.update(row=args.row or f"{cfg.student.preset} ({cfg.student.size}, teacher {cfg.teacher.name})",
                   checkpoint=str(Path(args.checkpoint).resolve()), config=to_dict(cfg))

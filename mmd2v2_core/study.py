@@ -180,12 +180,9 @@ class Study:
         return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed, "Unaligned towers (step 0)")
 
     def _score(self, student, tokenizer_name: str, run_name: str, seed: int, label: str) -> list[dict]:
-        from .data.tokenizer import CaptionTokenizer
-        from .data.transforms import ImageTransformConfig, eval_transform
-        from .eval.embed import evaluate_retrieval
+        from .eval.embed import evaluate_retrieval, student_inputs
 
-        tokenizer = CaptionTokenizer(tokenizer_name, max_length=student.cfg.max_text_len)
-        transform = eval_transform(ImageTransformConfig(size=student.cfg.image_size))
+        transform, tokenizer = student_inputs(student, tokenizer_name)
         results = []
         for dataset in TEST_SETS:
             result = evaluate_retrieval(student, self.data(dataset), "test", transform, tokenizer, batch_size=512,
@@ -219,7 +216,7 @@ class Study:
                     continue
                 keys = found[0]["metrics"].keys()
                 label = found[0]["row"] + (f" — mean of {len(found)} seeds" if len(found) > 1 else "")
-                rows.append({"row": label, "dataset": dataset, "split": "test",
+                rows.append({"row": label, "dataset": dataset, "split": "test", "images": found[0]["images"],
                              "metrics": {k: statistics.fmean(r["metrics"][k] for r in found) for k in keys}})
         return rows
 

@@ -55,6 +55,14 @@ def eval_mode(model):
             model.train(was_training)
 
 
+def student_inputs(student, tokenizer_name: str) -> tuple[Callable, CaptionTokenizer]:
+    """The evaluation transform and tokenizer a trained student expects (its image size, its caption length)."""
+    from ..data.transforms import ImageTransformConfig, eval_transform
+
+    return (eval_transform(ImageTransformConfig(size=student.cfg.image_size)),
+            CaptionTokenizer(tokenizer_name, max_length=student.cfg.max_text_len))
+
+
 @dataclass(frozen=True)
 class SplitEmbeddings:
     image: torch.Tensor  # [N, D] float32

@@ -81,10 +81,9 @@ def retrieval_section(study: Study, reports_dir: Path) -> str:
              "query hits when any of its captions is in its top K). Measured rows are means over the seeds; the "
              "per-seed results are in the run directory's `results/`.", "", render_markdown(synthetic)]
     if unaligned:
-        n = study.profile
-        chance = 100 * 1 / 5000 if n.data_profile == "embedded" else None
-        lines += [f"The unaligned towers score a mean recall of {unaligned[0]['metrics']['mean']:.2f} on synth-coco"
-                  + (f" (chance R@1 for text→image is {chance:.2f}%)." if chance else ".")]
+        chance = 100 / unaligned[0]["images"]  # a random ranking puts the true image first once in N
+        lines += [f"The unaligned towers score a mean recall of {unaligned[0]['metrics']['mean']:.2f} on synth-coco "
+                  f"(chance R@1 for text→image is {chance:.2f}%)."]
     lines += ["", "Reference tables with the published numbers (quoted, with sources in "
               "`mmd2v2_core/report/references.yaml`; also as `.tex` and `.csv` in `reports/tables/`):", "",
               *[render_markdown(t) for t in tables if t.name != "table1_synthetic"]]
@@ -92,8 +91,7 @@ def retrieval_section(study: Study, reports_dir: Path) -> str:
 
 
 def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
-    from ..data.tokenizer import CaptionTokenizer
-    from ..data.transforms import ImageTransformConfig, eval_transform
+    from ..eval.embed import student_inputs
     from ..eval.zeroshot import attribute_zero_shot
     from ..train.loop import load_trained_student
 
@@ -105,8 +103,7 @@ def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
     for name in runs:
         student, cfg = load_trained_student(study.train(name, study.profile.seeds[0]))
         result = attribute_zero_shot(student, study.data("synth-coco"), "test",
-                                     eval_transform(ImageTransformConfig(size=student.cfg.image_size)),
-                                     CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len))
+                                     *student_inputs(student, cfg.data.tokenizer))
         lines.append(f"| {RUNS[name].label} | " + " | ".join(f"{result[a]['accuracy']:.1f}" for a in
                                                              ("shape", "color", "size", "position")) + " |")
         chance_row = result
@@ -141,20 +138,17 @@ def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
     import torch
 
     from ..data.datasets import RetrievalSplit
-    from ..data.tokenizer import CaptionTokenizer
-    from ..data.transforms import ImageTransformConfig, eval_transform
-    from ..eval.embed import embed_split
+    from ..eval.embed import embed_split, student_inputs
     from ..train.loop import load_trained_student
     from ..viz.browser import RetrievalBrowser
     from ..viz.embeddings import embedding_map
     from ..viz.gallery import plot_gallery
 
     student, cfg = load_trained_student(study.train(run, study.profile.seeds[0]))
-    tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len)
+    transform, tokenizer = student_inputs(student, cfg.data.tokenizer)
     split = RetrievalSplit.from_index(study.data("synth-coco"), "test")
     n = min(n, len(split.records))
-    emb = embed_split(student, split, eval_transform(ImageTransformConfig(size=student.cfg.image_size)), tokenizer,
-                      batch_size=512)
+    emb = embed_split(student, split, transform, tokenizer, batch_size=512)
     first_caption = torch.tensor([int((emb.text_to_image == i).nonzero()[0]) for i in range(n)])
     backgrounds = [r.extra["scene"]["background"] for r in split.records[:n]]
     figure = reports_dir / "figures" / "embeddings_tsne.png"
