@@ -220,13 +220,13 @@ class Study:
                              "metrics": {k: statistics.fmean(r["metrics"][k] for r in found) for k in keys}})
         return rows
 
-    def ablation_table(self, runs: tuple[str, ...], title: str) -> str:
-        """Markdown: mean ± spread (half the range over seeds) of the mean recall, per test set, with seed counts."""
-        lines = [f"**{title}**", "",
-                 "| run | seeds | synth-coco mean R | synth-flickr mean R | synth-coco I→T R@1 | synth-coco T→I R@1 |",
-                 "|---|---:|---:|---:|---:|---:|"]
-        for name in runs:
-            res = self.results(name)
+    def ablation_table(self, name: str, runs: tuple[str, ...], title: str):
+        """Mean ± spread (half the range over seeds) of the mean recall, per test set, with seed counts."""
+        from .report.tables import SimpleTable
+
+        rows = []
+        for run in runs:
+            res = self.results(run)
             if not res:
                 continue
 
@@ -237,10 +237,11 @@ class Study:
                 half = (max(values) - min(values)) / 2
                 return f"{statistics.fmean(values):.2f} ± {half:.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
-            seeds = len({r["seed"] for r in res})
-            lines.append(f"| {RUNS[name].label} | {seeds} | {stat('synth-coco', 'mean')} | {stat('synth-flickr', 'mean')} "
-                         f"| {stat('synth-coco', 'i2t_r1')} | {stat('synth-coco', 't2i_r1')} |")
-        return "\n".join(lines) + "\n"
+            rows.append([RUNS[run].label, str(len({r["seed"] for r in res})), stat("synth-coco", "mean"),
+                         stat("synth-flickr", "mean"), stat("synth-coco", "i2t_r1"), stat("synth-coco", "t2i_r1")])
+        return SimpleTable(name, title, ["run", "seeds", "synth-coco mean R", "synth-flickr mean R",
+                                         "synth-coco I→T R@1", "synth-coco T→I R@1"], rows,
+                           ["Mean recall = mean of R@1/5/10 both ways; ± is half the range over seeds."])
 
     def within_noise(self, a: str, b: str, dataset: str = "synth-coco") -> tuple[float, float, bool]:
         """(difference of mean recall a − b, the larger seed spread, whether the difference is inside it)."""

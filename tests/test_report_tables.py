@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmd2v2_core.errors import DataError
-from mmd2v2_core.report.tables import (load_references, load_results, render_csv, render_latex, render_markdown,
+from mmd2v2_core.report.tables import (SimpleTable, load_references, load_results, render_csv, render_latex, render_markdown,
                                        seed_tables, write_tables)
 
 HERE = Path(__file__).parent
@@ -96,6 +96,18 @@ def test_written_formats(tmp_path):
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "7\\_2" in tex
     assert tex.count(r" \\") == 3 + 6  # 3 header lines + 6 rows
     assert render_latex(seed_tables(load_references())[1]).count(r"\textit{") == 2
+
+
+def test_simple_tables_in_three_formats(tmp_path):
+    table = SimpleTable("ablation", "Teacher ablation", ["run", "seeds", "mean R"],
+                        [["S-SMKE", "2", "1.07 ± 0.35"], ["no_teacher", "2", "0.93 ± 0.14"]], ["± is half the range."])
+    write_tables([table], tmp_path)
+    assert (tmp_path / "ablation.md").read_text().splitlines()[2:5] == [
+        "| run | seeds | mean R |", "|---|---:|---:|", "| S-SMKE | 2 | 1.07 ± 0.35 |"]
+    tex = (tmp_path / "ablation.tex").read_text()
+    assert r"no\_teacher & 2 & 0.93 $\pm$ 0.14 \\" in tex and r"\begin{tabular}{lrr}" in tex
+    rows = list(csv.reader(io.StringIO((tmp_path / "ablation.csv").read_text())))
+    assert rows == [["run", "seeds", "mean R"], ["S-SMKE", "2", "1.07 ± 0.35"], ["no_teacher", "2", "0.93 ± 0.14"]]
 
 
 def test_results_files_errors(tmp_path):

@@ -44,7 +44,7 @@ def test_smoke_study_produces_the_report(smoke_study):
     assert "| FLAVA | 42.74 | 76.76 | - |" in report  # quoted rows carried along
     for figure in ("synthetic_samples", "training_curves", "embeddings_tsne", "retrieval_gallery"):
         assert (reports / "figures" / f"{figure}.png").stat().st_size > 5000
-    for table in ("table1", "table2", "table1_synthetic"):
+    for table in ("table1", "table2", "table1_synthetic", "ablation_teacher", "ablation_attention"):
         assert {p.suffix for p in (reports / "tables").glob(f"{table}.*")} == {".md", ".tex", ".csv"}
     executed = nbformat.read(reports / "notebooks" / "06_embeddings_and_browser.ipynb", as_version=4)
     assert any(o.get("data", {}).get("application/vnd.jupyter.widget-view+json")

@@ -115,10 +115,13 @@ def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def ablation_section(study: Study, title: str, runs: tuple[str, ...], comparisons: list[tuple[str, str]],
-                     heading: str) -> str:
-    lines = [heading, "", study.ablation_table(runs, title),
-             "Mean recall = mean of R@1/5/10 both ways; ± is half the range over seeds.", ""]
+def ablation_section(study: Study, reports_dir: Path, name: str, title: str, runs: tuple[str, ...],
+                     comparisons: list[tuple[str, str]], heading: str) -> str:
+    from ..report.tables import simple_markdown, write_tables
+
+    table = study.ablation_table(name, runs, title)
+    write_tables([table], reports_dir / "tables")
+    lines = [heading, "", simple_markdown(table), f"Also as `.tex` and `.csv`: `tables/{name}.*`.", ""]
     for a, b in comparisons:
         if not (study.results(a) and study.results(b)):
             continue

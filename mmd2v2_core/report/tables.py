@@ -7,7 +7,8 @@ measured on: real COCO / Flickr30K results join the seed tables (section "Measur
 synthetic results get tables of their own, headed ``synth-coco`` / ``synth-flickr``, so a synthetic
 number can never sit under an MSCOCO or Flickr30K heading.
 
-Every table is written as Markdown, LaTeX (booktabs) and CSV.
+Every table is written as Markdown, LaTeX (booktabs) and CSV — also the study's ablation tables
+(``SimpleTable``: one header row, free columns).
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ class Table:
     title: str
     datasets: tuple[str, ...]
     sections: list[tuple[str | None, list[Row]]]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimpleTable:
+    """A table with a single header row (ablations): the same three output formats as the seed tables."""
+
+    name: str
+    title: str
+    header: list[str]
+    rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
 
 
@@ -171,12 +183,42 @@ def render_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
+def simple_markdown(table: SimpleTable) -> str:
+    lines = [f"**{table.title}**", "", "| " + " | ".join(table.header) + " |",
+             "|---|" + "---:|" * (len(table.header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    lines += [""] + [f"{note}  " for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def simple_latex(table: SimpleTable) -> str:
+    def cell(text: str) -> str:
+        return _tex(text).replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
+
+    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(table.header) - 1) + "}",
+           r"\toprule", " & ".join(cell(h) for h in table.header) + r" \\", r"\midrule"]
+    out += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
+    out += [r"\bottomrule", r"\end{tabular}",
+            rf"\caption{{{cell(table.title)}. {' '.join(cell(n) for n in table.notes)}}}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def simple_csv(table: SimpleTable) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerows([table.header, *table.rows])
+    return buf.getvalue()
+
+
+RENDERERS = {Table: (render_markdown, render_latex, render_csv), SimpleTable: (simple_markdown, simple_latex, simple_csv)}
+
+
+def write_tables(tables: list[Table | SimpleTable], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for table in tables:
-        for ext, render in (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)):
+        for ext, render in zip(("md", "tex", "csv"), RENDERERS[type(table)]):
             path = out_dir / f"{table.name}.{ext}"
             path.write_text(render(table), encoding="utf-8")
             written.append(path)
