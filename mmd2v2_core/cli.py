@@ -105,10 +105,14 @@ def _train(args: argparse.Namespace) -> None:
     last = result.val_history[-1] if result.val_history else {}
     print(f"{result.out_dir}: step {result.step}{' (stopped by SIGTERM)' if result.stopped_early else ''}, "
           f"val mean recall {last.get('mean', float('nan')):.2f}, best checkpoint {result.best_checkpoint}")
+    if result.skipped_images:
+        print(f"warning: skipped {len(result.skipped_images)} unreadable image(s) that broke after indexing, "
+              f"listed in {result.out_dir / 'skipped_images.jsonl'}", file=sys.stderr)
 
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
     from .config import to_dict
+    from .data.index import write_text_atomic
     from .eval.embed import evaluate_retrieval, student_inputs
     from .train.loop import load_trained_student
 
@@ -126,7 +130,7 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
           f"t2i {result['ranks']['t2i_median_rank']:.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
         print(f"  written to {args.out}")
 
 

@@ -11,3 +11,18 @@ class DataError(KitError):
 
 class ConfigError(KitError):
     """A configuration key, value or path is wrong."""
+
+
+def clean_worker_errors(batches):
+    """Iterate a DataLoader; a KitError raised in a worker process comes out as its own one-line message.
+
+    PyTorch re-raises a worker's exception in the main process as the same type, but with the worker's
+    whole traceback pasted into the message; the user needs only the last line (which names the file).
+    """
+    try:
+        yield from batches
+    except KitError as exc:
+        text = str(exc)
+        if not text.startswith("Caught ") or "Original Traceback" not in text:
+            raise
+        raise type(exc)(text.rstrip().rsplit(f"{type(exc).__name__}: ", 1)[-1]) from None

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..data.datasets import RetrievalSplit
 from ..data.tokenizer import CaptionTokenizer
+from ..errors import clean_worker_errors
 from ..progress import progress
 from .retrieval import retrieval_ranks
 
@@ -78,7 +79,7 @@ def embed_split(model: Encoder, split: RetrievalSplit, transform: Callable, toke
     order = sorted(range(len(split.captions)), key=lambda j: len(split.captions[j]))
     with eval_mode(model):
         loader = DataLoader(split.images(transform), batch_size=batch_size, num_workers=num_workers)
-        for batch in progress(loader, desc=f"encoding {split.name} images"):
+        for batch in progress(clean_worker_errors(loader), total=len(loader), desc=f"encoding {split.name} images"):
             images.append(model.encode_image(batch["image"].to(device)).float())
         for start in progress(range(0, len(order), batch_size), desc=f"encoding {split.name} captions"):
             tokens = tokenizer([split.captions[j] for j in order[start:start + batch_size]])

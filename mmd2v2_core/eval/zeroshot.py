@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import ImageSet
 from ..data.index import read_split
 from ..data.tokenizer import CaptionTokenizer
-from ..errors import DataError
+from ..errors import DataError, clean_worker_errors
 from ..progress import progress
 from .embed import Encoder, eval_mode
 
@@ -114,7 +114,7 @@ def imagenet_zero_shot(model: Encoder, val_dir: str | Path, transform: Callable,
     loader = DataLoader(folder, batch_size=batch_size, num_workers=num_workers)
     images, labels = [], []
     with eval_mode(model), torch.no_grad():
-        for x, y in progress(loader, desc="ImageNet val"):
+        for x, y in progress(clean_worker_errors(loader), total=len(loader), desc="ImageNet val"):
             images.append(model.encode_image(x.to(device)).float())
             labels.append(y)
     protos = class_prototypes(model, tokenizer, IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, device)

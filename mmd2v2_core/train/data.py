@@ -5,11 +5,17 @@
 * Each pair's augmentation (one RandomResizedCrop + flip) is drawn from an RNG seeded by
   (seed, epoch, position), so it is the same whatever the worker, rank count or restart.
 * The student and the online teacher see the same crop, each resized and normalised its own way.
+* An image file that broke after indexing does not end a long run: its pair is replaced by the next
+  readable image (deterministically, so resuming stays exact) and the file is listed in
+  ``skipped_images.jsonl``. Several unreadable images in a row mean a missing folder, not a bad file:
+  that stops the run with an error naming it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,8 +23,11 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from ..data.images import open_rgb
+from ..data.images import image_problem, open_rgb
 from ..data.index import ImageRecord
+from ..errors import DataError
+
+MAX_UNREADABLE_IN_A_ROW = 8
 
 
 @dataclass(frozen=True)
@@ -38,20 +47,37 @@ class TrainPairs(Dataset):
     """Item (epoch, position) → one augmented (image, caption) pair, deterministically."""
 
     def __init__(self, records: list[ImageRecord], crop_scale: tuple, hflip: float, student: View,
-                 teacher: View | None, seed: int):
+                 teacher: View | None, seed: int, skipped_log: Path | None = None):
         self.records = records
         self.pairs = [(i, j) for i, r in enumerate(records) for j in range(len(r.captions))]
         self.crop_scale, self.hflip, self.seed = crop_scale, hflip, seed
         self.student_view, self.teacher_view = student, teacher
+        self.skipped_log = skipped_log
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def _readable(self, i: int, j: int):
+        """(record, caption index, image) of pair (i, j), or of the next image whose file still decodes."""
+        for _ in range(MAX_UNREADABLE_IN_A_ROW):
+            record = self.records[i]
+            try:
+                return record, j % len(record.captions), open_rgb(record.path)
+            except DataError:
+                self._log_skip(record)
+                i = (i + 1) % len(self.records)
+        raise DataError(f"{MAX_UNREADABLE_IN_A_ROW} unreadable images in a row, the last {record.path}: "
+                        "is the image folder still there? (see skipped_images.jsonl)")
+
+    def _log_skip(self, record: ImageRecord) -> None:
+        if self.skipped_log is not None:  # one short append per line: safe from several worker processes
+            with open(self.skipped_log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"image_id": record.image_id, "path": str(record.path),
+                                     "problem": image_problem(record.path)}) + "\n")
+
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, position, index = key
-        i, j = self.pairs[index]
-        record = self.records[i]
-        img = open_rgb(record.path)
+        record, j, img = self._readable(*self.pairs[index])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0]))
             top, left, h, w = T.RandomResizedCrop.get_params(img, list(self.crop_scale), [3 / 4, 4 / 3])
@@ -63,6 +89,20 @@ class TrainPairs(Dataset):
         if self.teacher_view is not None:
             item["teacher_image"] = self.teacher_view(img)
         return item
+
+
+def skipped_images(log: Path) -> list[dict]:
+    """The distinct files a run skipped (each worker and each epoch logs its own encounters)."""
+    if not log.is_file():
+        return []
+    seen = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        seen.setdefault(entry["path"], entry)
+    return list(seen.values())
 
 
 class StepSampler(Sampler):

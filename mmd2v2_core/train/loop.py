@@ -18,19 +18,19 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import TrainConfig, to_dict, to_yaml
+from ..config import TrainConfig, student_overrides, to_dict, to_yaml
 from ..data.datasets import RetrievalSplit
-from ..data.index import read_split
+from ..data.index import read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
-from ..errors import ConfigError, KitError
+from ..errors import ConfigError, KitError, clean_worker_errors
 from ..eval.embed import embed_split
 from ..eval.retrieval import recall_at_k
 from ..losses import (LearnableTemperature, TeacherMemoryBank, contrastive_distillation_loss, gather_no_grad,
@@ -42,8 +42,10 @@ from ..teachers.cache import TargetCache, dataset_fingerprint, fingerprint
 from ..teachers.inspect import preprocess_of
 from ..teachers.registry import create_teacher
 from ..teachers.targets import compute_target
-from .checkpoint import find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint, set_rng_state
-from .data import StepSampler, TrainPairs, View
+from .checkpoint import check_compatible, find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint, set_rng_state
+from .data import StepSampler, TrainPairs, View, skipped_images
+
+SKIPPED_LOG = "skipped_images.jsonl"
 
 
 class TrainingDiverged(KitError):
@@ -57,6 +59,7 @@ class TrainResult:
     stopped_early: bool
     val_history: list[dict]
     best_checkpoint: Path | None
+    skipped_images: list[dict] = field(default_factory=list)  # files that broke after indexing
 
 
 class Objective(nn.Module):
@@ -193,17 +196,27 @@ def evaluate_val(student: nn.Module, split: RetrievalSplit, transform, tokenizer
 
 
 class _Logger:
-    """metrics.jsonl always; TensorBoard by default; Weights & Biases when asked for (and installed)."""
+    """metrics.jsonl always; TensorBoard by default; Weights & Biases when asked for (and installed).
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, wandb_config: dict | None = None):
+    A run resumed at step s first drops what the killed run logged after s (it is about to be logged
+    again), so every step appears once — in metrics.jsonl and, via ``purge_step``, in TensorBoard.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool, start_step: int, tensorboard: bool,
+                 wandb_config: dict | None = None):
         self.enabled = enabled
-        self.jsonl = open(out_dir / "metrics.jsonl", "a") if enabled else None
-        self.tb, self.wandb = None, None
-        if enabled and tensorboard:
+        self.tb, self.wandb, self.jsonl = None, None, None
+        if not enabled:
+            return
+        path = out_dir / "metrics.jsonl"
+        kept = [line for line in _jsonl_lines(path) if start_step and json.loads(line)["step"] <= start_step]
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+        self.jsonl = open(path, "a")
+        if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-        if enabled and wandb_config is not None:
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step or None)
+        if wandb_config is not None:
             try:
                 import wandb
             except ImportError:
@@ -230,6 +243,20 @@ class _Logger:
                 self.tb.close()
             if self.wandb is not None:
                 self.wandb.finish()
+
+
+def _jsonl_lines(path: Path) -> list[str]:
+    """The complete JSON lines of a log (a kill can leave the last one cut)."""
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        lines.append(line)
+    return lines
 
 
 def load_trained_student(path: str | Path) -> tuple[nn.Module, TrainConfig]:
@@ -263,7 +290,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.optim.seed)  # identical initialisation on every rank
 
     targets = _Targets(cfg, device)
-    preset = get_preset(cfg.student.preset, cfg.student.size, attention=cfg.student.attention,
+    preset = get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student),
                         **({"kd_dim": 0, "num_classes": targets.dim} if cfg.loss.kd == "shre"
                            else {"kd_dim": targets.dim}))
     student, init_report = build_student(preset, cfg.student.init, {"image": cfg.student.image_weights,
@@ -278,7 +305,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     view = ImageTransformConfig(size=s_cfg.image_size)
     records = read_split(cfg.data.root, cfg.data.train_split)
     dataset = TrainPairs(records, cfg.data.crop_scale, cfg.data.hflip, View(view.size, view.mean, view.std),
-                         targets.view, cfg.optim.seed)
+                         targets.view, cfg.optim.seed, skipped_log=out_dir / SKIPPED_LOG)
     val_split = RetrievalSplit.from_index(cfg.data.root, cfg.data.val_split)
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay),
@@ -292,6 +319,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     step, best, val_history = 0, -1.0, []
     resume_from = find_checkpoint(out_dir, cfg.run.resume)
     if resume_from is not None:
+        check_compatible(resume_from, to_dict(cfg))
         state = load_checkpoint(resume_from, model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -305,9 +333,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True)) \
         if torch.multiprocessing.current_process().name == "MainProcess" else None
-    logger = _Logger(out_dir, rank == 0, cfg.run.tensorboard, to_dict(cfg) if cfg.run.wandb else None)
+    logger = _Logger(out_dir, rank == 0, step, cfg.run.tensorboard, to_dict(cfg) if cfg.run.wandb else None)
     if rank == 0:
-        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
         logger.log(step, "init", {"image": init_report["image"], "text": init_report["text"],
                                   "resumed_from": str(resume_from) if resume_from else ""})
     eval_tf = eval_transform(view)
@@ -336,7 +364,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                         num_workers=cfg.data.num_workers, persistent_workers=False)
     bar = progress(total=cfg.optim.steps, initial=step, desc="train", disable=rank != 0)
     model.train()
-    batches, tick, last_good = iter(loader), time.perf_counter(), None
+    batches, tick, last_good = clean_worker_errors(loader), time.perf_counter(), None
     try:
         while step < cfg.optim.steps:
             optimizer.zero_grad(set_to_none=True)
@@ -399,4 +427,5 @@ def train(cfg: TrainConfig) -> TrainResult:
             signal.signal(signal.SIGTERM, previous)
     best_ptr = out_dir / "checkpoints" / "best"
     return TrainResult(out_dir, step, stop["requested"], val_history,
-                       out_dir / "checkpoints" / best_ptr.read_text().strip() if best_ptr.is_file() else None)
+                       out_dir / "checkpoints" / best_ptr.read_text().strip() if best_ptr.is_file() else None,
+                       skipped_images(out_dir / SKIPPED_LOG))
