@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mmd2v2_core.data.images import image_problem
-from mmd2v2_core.data.index import write_index
+from mmd2v2_core.data.index import write_index, write_text_atomic
 from mmd2v2_core.errors import DataError
 from mmd2v2_core.progress import progress
 
@@ -158,7 +158,7 @@ def index_karpathy(
     dropped = [{"imgid": e["imgid"], "file": str(p), "reason": why} for e, p, why in bad]
     out_dir.mkdir(parents=True, exist_ok=True)
     if dropped:
-        (out_dir / "dropped.json").write_text(json.dumps(dropped, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(out_dir / "dropped.json", json.dumps(dropped, indent=1) + "\n")
     else:
         (out_dir / "dropped.json").unlink(missing_ok=True)
     manifest = {

@@ -53,6 +53,8 @@ class StudentSection:
     preset: str = "mmd2v2_6"
     size: str = "embedded"
     attention: str = "separate"
+    depth: int | None = None  # override the preset's layout: total blocks …
+    n_shared: int | None = None  # … of which the last n_shared are shared (e.g. depth=6 n_shared=3: 3+3)
     init: bool = True  # copy pretrained unimodal weights (the preset says from which models)
     layers: str = "first"  # first | every_other
     freeze_embeddings: bool = False
@@ -200,9 +202,18 @@ def load_config(preset: str | Path | None = None, overrides: list[str] = ()) -> 
             raise ConfigError(f"unknown config preset {preset!r}; presets: {', '.join(preset_names())} "
                               "(or a path to a .yaml file)")
         try:
-            _apply(cfg, yaml.safe_load(text) or {})
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {preset}: invalid YAML ({exc})") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config {preset}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {preset}: expected a mapping of sections (data:, optim:, …), "
+                              f"got a {type(data).__name__}")
+        try:
+            _apply(cfg, data)
+        except ConfigError as exc:
+            raise ConfigError(f"config {preset}: {exc}") from None
     _apply(cfg, parse_overrides(list(overrides)))
     validate(cfg)
     return cfg
@@ -224,7 +235,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.loss.kd_weight >= 0 and cfg.loss.itc_weight >= 0, "loss weights must not be negative"),
         (cfg.loss.kd_weight > 0 or cfg.loss.itc_weight > 0, "at least one of loss.kd_weight, loss.itc_weight must be > 0"),
         (cfg.loss.kd == "none" or cfg.teacher.name != "none", "loss.kd needs a teacher (teacher.name is 'none')"),
-        (cfg.student.attention in ("separate", "shared"), "student.attention must be separate or shared"),
+        (cfg.student.attention in ("separate", "shared"),
+         f"student.attention must be separate or shared, got {cfg.student.attention!r}"),
         (cfg.run.checkpoint_every > 0 and cfg.run.val_every > 0 and cfg.run.log_every > 0,
          "run.checkpoint_every, run.val_every and run.log_every must be positive"),
         (cfg.data.num_workers >= 0, "data.num_workers must not be negative"),
@@ -237,9 +249,17 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.root={cfg.data.root!r}: no prepared dataset there (no manifest.json)")
     if cfg.teacher.cache and not Path(cfg.teacher.cache).is_dir():
         raise ConfigError(f"teacher.cache={cfg.teacher.cache!r}: folder not found")
+    if cfg.run.resume not in (None, "latest") and not Path(cfg.run.resume).is_dir():
+        raise ConfigError(f"run.resume={cfg.run.resume!r}: checkpoint folder not found (or use run.resume=latest)")
     from .student.presets import get_preset
 
-    get_preset(cfg.student.preset, cfg.student.size, attention=cfg.student.attention)  # layout errors, early
+    get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student))  # layout errors, early
+
+
+def student_overrides(student: StudentSection) -> dict:
+    """The preset fields a configuration overrides: the attention type, and the layout when it is set."""
+    return {"attention": student.attention,
+            **{k: getattr(student, k) for k in ("depth", "n_shared") if getattr(student, k) is not None}}
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from .data.index import write_text_atomic
 from .errors import ConfigError, KitError
 from .report.builder import assemble
 from .study import NOTEBOOKS, get_profile
@@ -63,6 +64,6 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
             raise StudyFailed(f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue.strip()}); "
                               f"executed copy with the error: {target}") from None
         seconds = time.perf_counter() - began
-        (done_dir / f"{name}.json").write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+        write_text_atomic(done_dir / f"{name}.json", json.dumps({"seconds": round(seconds, 1)}) + "\n")
         log(f"[study] {name} done in {seconds:.0f} s")
     return assemble(run_dir, reports_dir, profile, NOTEBOOKS)

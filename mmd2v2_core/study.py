@@ -180,6 +180,7 @@ class Study:
         return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed, "Unaligned towers (step 0)")
 
     def _score(self, student, tokenizer_name: str, run_name: str, seed: int, label: str) -> list[dict]:
+        from .data.index import write_text_atomic
         from .eval.embed import evaluate_retrieval, student_inputs
 
         transform, tokenizer = student_inputs(student, tokenizer_name)
@@ -190,7 +191,7 @@ class Study:
             result.update(row=label, run=run_name, seed=seed, profile=self.profile.name)
             path = self.result_path(run_name, seed, dataset)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=2) + "\n")
+            write_text_atomic(path, json.dumps(result, indent=2) + "\n")  # a killed run leaves no half file
             results.append(result)
         return results
 

@@ -113,7 +113,7 @@ def test_layer_selection_and_mismatch_errors():
     student = MultimodalStudent(StudentConfig(**{**SMALL, "width": 64}, norm_first=True))
     with pytest.raises(ConfigError, match=r"student \(width 64, 2 heads, FFN 256\) from dino \(width 32, 2 heads, FFN 128\)"):
         init_image_from_timm(student, model, "dino")
-    with pytest.raises(ConfigError, match="n_shared=8 must be between 0 and depth=6"):
+    with pytest.raises(ConfigError, match="n_shared=8 must be between 0 and student.depth=6"):
         StudentConfig(n_shared=8)
 
 

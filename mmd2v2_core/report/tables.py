@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.index import write_text_atomic
 from ..errors import DataError
 
 DATASET_HEADINGS = {
@@ -220,6 +221,6 @@ def write_tables(tables: list[Table | SimpleTable], out_dir: str | Path) -> list
     for table in tables:
         for ext, render in zip(("md", "tex", "csv"), RENDERERS[type(table)]):
             path = out_dir / f"{table.name}.{ext}"
-            path.write_text(render(table), encoding="utf-8")
+            write_text_atomic(path, render(table))
             written.append(path)
     return written

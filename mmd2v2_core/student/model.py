@@ -52,7 +52,7 @@ class StudentConfig:
         from ..errors import ConfigError
 
         if not 0 <= self.n_shared <= self.depth:
-            raise ConfigError(f"student: n_shared={self.n_shared} must be between 0 and depth={self.depth}")
+            raise ConfigError(f"student.n_shared={self.n_shared} must be between 0 and student.depth={self.depth}")
         if self.attention not in ("separate", "shared"):
             raise ConfigError(f"student.attention must be 'separate' or 'shared', got {self.attention!r}")
         if self.width % self.heads:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from ..data.datasets import ImageSet
 from ..data.index import load_manifest, read_split, write_text_atomic
 from ..data.transforms import ImageTransformConfig, eval_transform
-from ..errors import DataError
+from ..errors import DataError, clean_worker_errors
 from ..progress import progress
 from .registry import Teacher
 from .targets import compute_target
@@ -114,7 +114,7 @@ def build_cache(teacher: Teacher, kind: str, index_dir: str | Path, split: str, 
             "dim": probe.shape[1], "shard_size": shard_size, "shards": n_shards}
     meta_path = out_dir / "meta.json"
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = _read_meta(meta_path)
         diff = _differences({**old, "fingerprint": old.get("fingerprint", {})}, meta)
         if diff and not overwrite:
             raise DataError(f"{out_dir}: holds other targets: " + "; ".join(diff) +
@@ -129,6 +129,9 @@ def build_cache(teacher: Teacher, kind: str, index_dir: str | Path, split: str, 
         np.save(ids_tmp, np.array([r.image_id for r in records], dtype=np.int64))
         os.replace(ids_tmp, out_dir / "ids.npy")
 
+    if world == 1:  # half-written files of a killed run (ranks of a live distributed run may be writing theirs)
+        for leftover in out_dir.glob(".*.tmp*.npy"):
+            leftover.unlink()
     mine = [s for s in range(rank, n_shards, world)]
     todo = [s for s in mine if _shard_problem(_shard_path(out_dir, s), min(shard_size, n - s * shard_size),
                                               meta["dim"])]
@@ -137,7 +140,8 @@ def build_cache(teacher: Teacher, kind: str, index_dir: str | Path, split: str, 
     for s in todo:
         rows = range(s * shard_size, min((s + 1) * shard_size, n))
         chunks = []
-        for batch in DataLoader(Subset(images, rows), batch_size=batch_size, num_workers=num_workers):
+        for batch in clean_worker_errors(DataLoader(Subset(images, rows), batch_size=batch_size,
+                                                    num_workers=num_workers)):
             out = teacher(batch["image"].to(device))
             chunks.append(compute_target(out, kind, top_k, _prefix_tokens(teacher)).cpu())
             bar.update(len(batch["image"]))
@@ -159,6 +163,17 @@ def _prefix_tokens(teacher: Teacher) -> int:
     return getattr(teacher.model, "num_prefix_tokens", 1)
 
 
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); recompute the cache with `mmd2v2 targets ... --overwrite`") \
+            from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not a target cache's meta.json")
+    return meta
+
+
 class TargetCache:
     """Read side: memory-mapped shards, looked up by image id. Never loads the teacher."""
 
@@ -167,7 +182,7 @@ class TargetCache:
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
             raise DataError(f"{self.folder}: no meta.json — not a target cache (create one with `mmd2v2 targets`)")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = _read_meta(meta_path)
         if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
             raise DataError(f"{meta_path}: not a version-{CACHE_VERSION} target cache")
         if expected is not None:
@@ -184,7 +199,11 @@ class TargetCache:
             raise DataError(f"{self.folder}: {len(bad)} of {len(problems)} shards incomplete: {listed}. "
                             "Rerun `mmd2v2 targets` with the same arguments to finish it.")
         self.shards = [np.load(_shard_path(self.folder, s), mmap_mode="r") for s in range(self.meta["shards"])]
-        ids = np.load(self.folder / "ids.npy")
+        try:
+            ids = np.load(self.folder / "ids.npy")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.folder / 'ids.npy'}: missing or unreadable ({type(exc).__name__}). "
+                            "Rerun `mmd2v2 targets` with the same arguments to restore it.") from None
         self.row_of = {int(i): r for r, i in enumerate(ids)}
 
     @property

@@ -60,13 +60,9 @@ def load_original_checkpoint(path: str | Path) -> dict:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             break
         except pickle.UnpicklingError as exc:
-            blocked = _BLOCKED.search(str(exc))
-            if blocked:
-                raise DataError(f"{path}: refused: the file asks to call {blocked.group(1)}, which can run code on "
-                                "this machine; a model checkpoint never needs that") from None
             match = _UNSUPPORTED.search(str(exc))
-            if not match:
-                raise DataError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+            if _BLOCKED.search(str(exc)) or not match:
+                raise unpickling_refusal(path, exc) from None
             stand_ins.append((_stand_in(match.group(1)), match.group(1)))
         except (RuntimeError, EOFError, OSError) as exc:
             raise DataError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {exc})") from None
@@ -75,6 +71,17 @@ def load_original_checkpoint(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict at the top level, found {type(obj).__name__}")
     return obj
+
+
+def unpickling_refusal(path: Path, exc: pickle.UnpicklingError) -> DataError:
+    """One line for a file ``torch.load(weights_only=True)`` would not unpickle: code it asked to run, or why."""
+    blocked = _BLOCKED.search(str(exc))
+    if blocked:
+        return DataError(f"{path}: refused: the file asks to call {blocked.group(1)}, which can run code on this "
+                         "machine; a model checkpoint never needs that")
+    unsupported = _UNSUPPORTED.search(str(exc))
+    reason = f"it holds an object of class {unsupported.group(1)}" if unsupported else str(exc).strip().splitlines()[0]
+    return DataError(f"{path}: refused: not a plain-tensor file ({reason})")
 
 
 def model_state(checkpoint: dict, path: str | Path, keys=("model", "module", "state_dict")) -> dict[str, torch.Tensor]:

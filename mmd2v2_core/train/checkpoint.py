@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from safetensors.torch import load_model, save_model
 
 from ..data.index import write_text_atomic
 from ..errors import DataError
+from ..teachers.checkpoints import unpickling_refusal
 
 LATEST = "latest"
 
@@ -123,5 +125,32 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
                         f"unexpected {sorted(unexpected)[:5]} — another preset or configuration?")
     try:
         return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors and plain containers
+        raise unpickling_refusal(path / "state.pt", exc) from None
     except Exception as exc:
-        raise DataError(f"{path / 'state.pt'}: unreadable training state ({exc})") from None
+        reason = str(exc).strip().splitlines()[0].split(". ")[0]  # torch appends paragraphs of advice
+        raise DataError(f"{path / 'state.pt'}: unreadable training state ({reason})") from None
+
+
+# Settings a resumed run must share with its checkpoint: they decide which weights exist and what they mean.
+STRUCTURAL_KEYS = ("student.preset", "student.size", "student.attention", "student.depth", "student.n_shared",
+                   "loss.kd", "teacher.name", "teacher.target")
+
+
+def check_compatible(path: Path, config: dict) -> None:
+    """Refuse to resume from a checkpoint trained with another architecture, naming the keys that differ."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return  # the weights check in load_checkpoint still guards the architecture
+
+    def get(tree, key):
+        section, name = key.split(".")
+        return (tree.get(section) or {}).get(name) if isinstance(tree, dict) else None
+
+    diff = [f"{k}={get(saved, k)} there, {get(config, k)} here" for k in STRUCTURAL_KEYS if get(saved, k) != get(config, k)]
+    if diff:
+        raise DataError(f"{path}: checkpoint was trained with another model: {'; '.join(diff)}. "
+                        "Resume with its settings, or start a new run (another run.out_dir, or run.resume=null).")
