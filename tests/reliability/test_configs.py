@@ -1,0 +1,77 @@
+"""Configs: unknown keys, wrong types, impossible values and missing paths, through `mmd2v2 train`.
+
+Every case must be refused before any work starts: no run folder is created.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import assert_clear_error
+
+BAD_OVERRIDES = {
+    # case: (override, words the error must contain)
+    "unknown key (typo)": ("optim.lrr=0.1", ["'optim.lrr'", "did you mean optim.lr"]),
+    "unknown section": ("optimizer.lr=0.1", ["'optimizer.lr'", "optim.lr"]),
+    "section set as a value": ("optim=3", ["'optim' is a section"]),
+    "wrong type: text for an int": ("optim.steps=abc", ["'optim.steps'", "expected int", "'abc'"]),
+    "wrong type: float for an int": ("optim.batch_size=1.5", ["'optim.batch_size'", "expected int"]),
+    "wrong type: text for a bool": ("run.tensorboard=maybe", ["'run.tensorboard'", "expected bool"]),
+    "wrong type: scalar for a pair": ("data.crop_scale=0.5", ["'data.crop_scale'", "list of 2"]),
+    "negative learning rate": ("optim.lr=-0.001", ["optim.lr must be positive", "-0.001"]),
+    "batch size 0": ("optim.batch_size=0", ["optim.batch_size must be positive"]),
+    "n_shared > depth": ("student.n_shared=9", ["student.n_shared=9", "student.depth=6"]),
+    "unknown attention type": ("student.attention=cross", ["student.attention"]),
+    "unknown preset": ("student.preset=mmd2v2_9", ["'mmd2v2_9'", "mmd2v2_7_2"]),
+    "warm-up fraction of 1.5": ("optim.warmup=1.5", ["optim.warmup"]),
+    "override without '='": ("optim.steps", ["'optim.steps' is not key=value"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OVERRIDES))
+def test_bad_override_is_refused_naming_the_key(smoke, tmp_path, cli, case):
+    """Exit 2 with one line naming the key (and the closest valid key for a typo); nothing runs."""
+    override, words = BAD_OVERRIDES[case]
+    out = cli("train", "--config", "smoke", f"data.root={smoke}", f"run.out_dir={tmp_path / 'run'}", override)
+    assert_clear_error(out, *words)
+    assert not (tmp_path / "run").exists()
+
+
+MISSING_PATHS = {
+    "data.root": ("data.root={missing}", ["data.root=", "no manifest.json"]),
+    "teacher.cache": ("teacher.cache={missing}", ["teacher.cache=", "folder not found"]),
+    "teacher.weights": ("teacher.weights={missing}/w.safetensors", ["w.safetensors"]),
+    "run.resume": ("run.resume={missing}", ["run.resume", "not found"]),
+    "data.tokenizer": ("data.tokenizer={missing}", ["tokenizer", "could not be loaded"]),
+}
+
+
+@pytest.mark.parametrize("key", list(MISSING_PATHS))
+def test_path_that_does_not_exist_is_named(smoke, tmp_path, cli, key):
+    """A path key pointing nowhere: exit 2 naming the key or the path; no training step runs."""
+    template, words = MISSING_PATHS[key]
+    missing = tmp_path / "does-not-exist"
+    args = [f"data.root={smoke}", f"run.out_dir={tmp_path / 'run'}", template.format(missing=missing)]
+    if key == "teacher.weights":
+        args.append("teacher.tiny=false")
+    out = cli("train", "--config", "smoke", *args)
+    assert_clear_error(out, *words)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("content,words", [
+    ("optim:\n  steps: [1, 2\n", ["invalid YAML"]),
+    ("optim:\n  stepz: 10\n", ["'optim.stepz'", "optim.steps"]),
+    ("- just\n- a list\n", ["expected a mapping"]),
+], ids=["invalid YAML", "unknown key in the file", "not a mapping"])
+def test_bad_config_file_names_file_and_key(tmp_path, cli, content, words):
+    """A YAML config file with a syntax error, an unknown key or the wrong shape: exit 2 naming the file."""
+    path = tmp_path / "my_config.yaml"
+    path.write_text(content)
+    assert_clear_error(cli("train", "--config", path, "--print-config"), "my_config.yaml", *words)
+
+
+def test_config_file_that_does_not_exist(tmp_path, cli):
+    """--config pointing at a missing YAML file, or at a preset that does not exist."""
+    assert_clear_error(cli("train", "--config", tmp_path / "nope.yaml"), "nope.yaml", "not found")
+    assert_clear_error(cli("train", "--config", "embeded"), "'embeded'", "embedded")

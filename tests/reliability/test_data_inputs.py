@@ -1,0 +1,153 @@
+"""Data: broken image files and malformed Karpathy JSON, through the commands a user runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from mmd2v2_core.data.index import read_split
+
+from .conftest import assert_clear_error
+
+
+def _break(path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    elif how == "zero-byte":
+        path.write_bytes(b"")
+    elif how == "not an image":
+        path.write_text("<html>404 Not Found</html>")
+    elif how == "huge dimensions":  # a 1-bit PNG of 12,000 × 12,000 px: a few KB on disk, 144 Mpx decoded
+        Image.new("1", (12_000, 12_000)).save(path, format="PNG")
+    else:
+        raise ValueError(how)
+
+
+BAD_IMAGES = ["truncated", "zero-byte", "not an image", "huge dimensions"]
+PROBLEM = {"truncated": "unreadable", "zero-byte": "empty file", "not an image": "unreadable",
+           "huge dimensions": "image too large"}
+
+
+def _karpathy(smoke):
+    return smoke / "dataset_synth-coco.json", smoke / "images"
+
+
+def _first_test_image(smoke):
+    record = read_split(smoke, "test")[0]
+    return record.path
+
+
+@pytest.mark.parametrize("how", BAD_IMAGES)
+def test_bad_image_at_indexing_is_named(smoke, tmp_path, cli, how):
+    """`data karpathy` (default --on-bad-image error): exit 2 naming the file and its problem; no index."""
+    json_path, images = _karpathy(smoke)
+    bad = _first_test_image(smoke)
+    _break(bad, how)
+    line = assert_clear_error(cli("data", "karpathy", "--json", json_path, "--images", images, "--out", tmp_path / "idx"),
+                              bad.name, PROBLEM[how])
+    assert "--on-bad-image skip" in line
+    assert not (tmp_path / "idx" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("how", BAD_IMAGES)
+def test_bad_image_can_be_skipped_and_is_listed(smoke, tmp_path, cli, how):
+    """`--on-bad-image skip`: the index is written without that image, and dropped.json says why."""
+    json_path, images = _karpathy(smoke)
+    bad = _first_test_image(smoke)
+    _break(bad, how)
+    out = cli("data", "karpathy", "--json", json_path, "--images", images, "--out", tmp_path / "idx",
+              "--on-bad-image", "skip")
+    assert out.code == 0 and "dropped 1 bad images" in out.out
+    dropped = json.loads((tmp_path / "idx" / "dropped.json").read_text())
+    assert [d["file"].endswith(bad.name) and d["reason"].startswith(PROBLEM[how]) for d in dropped] == [True]
+    kept = read_split(tmp_path / "idx", "test")
+    assert len(kept) == len(read_split(smoke, "test")) - 1 and bad.name not in {r.path.name for r in kept}
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero-byte"])
+def test_image_broken_after_indexing_is_skipped_in_training(smoke, tmp_path, cli, how):
+    """An image damaged after indexing: training skips it, logs it in skipped_images.jsonl, and finishes."""
+    bad = read_split(smoke, "train")[3].path
+    _break(bad, how)
+    out = cli("train", "--config", "smoke", f"data.root={smoke}", f"run.out_dir={tmp_path / 'run'}", "optim.steps=12",
+              "run.val_every=12", "data.num_workers=2")
+    assert out.code == 0 and "step 12" in out.out
+    skipped = [json.loads(line) for line in (tmp_path / "run" / "skipped_images.jsonl").read_text().splitlines()]
+    assert skipped and {s["path"] for s in skipped} == {str(bad)} and PROBLEM[how] in skipped[0]["problem"]
+
+
+def test_image_broken_after_indexing_stops_evaluation_by_name(smoke, tmp_path, cli):
+    """Evaluation never skips (the protocol scores every test image): exit 2 naming the file, no results file."""
+    assert cli("train", "--config", "smoke", f"data.root={smoke}", f"run.out_dir={tmp_path / 'run'}",
+               "optim.steps=2", "run.val_every=2").code == 0
+    bad = _first_test_image(smoke)
+    _break(bad, "truncated")
+    out = cli("eval", "retrieval", "--checkpoint", tmp_path / "run" / "checkpoints" / "step_0000002",
+              "--data", smoke, "--out", tmp_path / "r.json")
+    assert_clear_error(out, bad.name, "unreadable")
+    assert not (tmp_path / "r.json").exists()
+
+
+def _entries(json_path):
+    data = json.loads(json_path.read_text())
+    return data, data["images"]
+
+
+MALFORMED = {
+    "missing filename": (lambda e: e[1].pop("filename"), "images[1]", "'filename'"),
+    "missing sentences": (lambda e: e[0].pop("sentences"), "images[0]", "'sentences'"),
+    "missing raw caption": (lambda e: e[2]["sentences"][1].pop("raw"), "images[2].sentences[1]", "'raw'"),
+    "imgid is a string": (lambda e: e[1].update(imgid="7"), "images[1].imgid", "str"),
+    "sentences is an object": (lambda e: e[0].update(sentences={"raw": "x"}), "images[0].sentences", "dict"),
+    "raw caption is a number": (lambda e: e[2]["sentences"][0].update(raw=5), "images[2].sentences[0].raw", "int"),
+    "unknown split": (lambda e: e[0].update(split="dev"), "images[0].split", "'dev'"),
+    "duplicate image id": (lambda e: e[4].update(imgid=e[1]["imgid"]), "images[4].imgid", "duplicate image id"),
+    "empty caption": (lambda e: e[3]["sentences"][2].update(raw="   "), "images[3].sentences[2].raw", "empty caption"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_karpathy_json_names_entry_and_field(smoke, tmp_path, cli, case):
+    """Exit 2 naming the JSON file, the entry and the field; nothing is indexed."""
+    json_path, images = _karpathy(smoke)
+    mutate, where, what = MALFORMED[case]
+    data, entries = _entries(json_path)
+    mutate(entries)
+    json_path.write_text(json.dumps(data))
+    out = cli("data", "karpathy", "--json", json_path, "--images", images, "--out", tmp_path / "idx")
+    assert_clear_error(out, json_path.name, where, what)
+    assert not (tmp_path / "idx" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("damage,names", [
+    (lambda raw: raw.replace(b"Two", b"Tw\xff", 1), ["not UTF-8", "0xff", "line 1"]),
+    (lambda raw: raw[: len(raw) // 2], ["invalid JSON", "line 1, column"]),
+    (lambda raw: b"", ["invalid JSON"]),
+], ids=["non-UTF-8 byte", "cut in half", "empty file"])
+def test_unreadable_karpathy_json_names_the_file(smoke, tmp_path, cli, damage, names):
+    """Exit 2 naming the file and where the bytes broke."""
+    json_path, images = _karpathy(smoke)
+    raw = json_path.read_bytes()
+    assert b"Two" in raw
+    json_path.write_bytes(damage(raw))
+    assert_clear_error(cli("data", "karpathy", "--json", json_path, "--images", images, "--out", tmp_path / "idx"),
+                       json_path.name, *names)
+
+
+def test_caption_far_longer_than_64_tokens(smoke, tmp_path, cli, tokenizer):
+    """A 400-word caption is indexed, truncated to the student's length with [SEP] kept, and trains."""
+    json_path, images = _karpathy(smoke)
+    data, entries = _entries(json_path)
+    long_caption = " ".join(["a small red circle next to a big blue square"] * 40)
+    for e in entries:
+        e["sentences"][0]["raw"] = long_caption
+    json_path.write_text(json.dumps(data))
+    assert cli("data", "karpathy", "--json", json_path, "--images", images, "--out", tmp_path / "idx").code == 0
+    assert long_caption in read_split(tmp_path / "idx", "train")[0].captions
+    batch = tokenizer([long_caption, "short"])
+    assert batch["input_ids"].shape == (2, 64) and batch["input_ids"][0, -1] == tokenizer.hf.sep_token_id
+    out = cli("train", "--config", "smoke", f"data.root={tmp_path / 'idx'}", f"run.out_dir={tmp_path / 'run'}",
+              "optim.steps=4", "run.val_every=4")
+    assert out.code == 0 and "step 4" in out.out

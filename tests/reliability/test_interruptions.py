@@ -1,0 +1,135 @@
+"""Interruptions: SIGKILL mid-way through target caching, training, a checkpoint save and a papermill
+study, then the same command again: it must finish with nothing lost and nothing duplicated."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from mmd2v2_core.cli import main
+from mmd2v2_core.errors import DataError
+from mmd2v2_core.teachers.cache import TargetCache
+
+KILL_AT = Path(__file__).with_name("kill_at.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def killed(seen, target: str, nth: int, mode: str, *args) -> None:
+    """Run `mmd2v2 ARGS` in a child process that SIGKILLs itself at the chosen moment."""
+    proc = subprocess.run([sys.executable, KILL_AT, target, str(nth), mode, "--", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "MMD2V2_PROGRESS": "off"}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    seen(f"killed at call {nth} of {target} ({mode})")
+
+
+def _targets(data, out):
+    return ["targets", "--teacher", "efficientnet-lite0", "--tiny", "--kind", "pooled", "--image-size", "32",
+            "--data", data, "--out", out, "--shard-size", "48", "--batch-size", "16"]
+
+
+def test_sigkill_during_target_caching(smoke_source, tmp_path, cli, seen):
+    """Killed while shard 1 was half on disk: the cache refuses to be used, the rerun computes only the
+    missing shards, and the result equals an uninterrupted build byte for byte."""
+    data, cache, reference = smoke_source["synth-coco"], tmp_path / "cache", tmp_path / "reference"
+    assert main(list(map(str, _targets(data, reference)))) == 0
+    killed(seen, "numpy:save", 3, "half-written:0", *_targets(data, cache))  # save 1 is ids.npy, 2 shard 0, 3 shard 1
+    assert (cache / "shard_00000.npy").is_file() and not (cache / "shard_00001.npy").exists()
+    assert list(cache.glob(".shard_00001.tmp*.npy")), "the kill did not land mid-write"
+    with pytest.raises(DataError, match="shard_00001.npy"):
+        TargetCache(cache)
+    out = cli(*_targets(data, cache))
+    assert out.code == 0
+    n_shards = json.loads((cache / "meta.json").read_text())["shards"]
+    assert f"computed shards {list(range(1, n_shards))}, reused [0]" in out.out
+    for s in range(n_shards):
+        name = f"shard_{s:05d}.npy"
+        assert np.array_equal(np.load(cache / name), np.load(reference / name)), name
+    assert not list(cache.glob(".*tmp*")), "half-written files left behind"
+
+
+def _train_args(data, out, *extra):
+    return ["train", "--config", "smoke", f"data.root={data}", f"run.out_dir={out}", "optim.steps=8",
+            "run.checkpoint_every=3", "run.val_every=4", "run.log_every=1", "run.resume=latest", *extra]
+
+
+def _assert_same_run(run: Path, reference: Path) -> None:
+    final = "checkpoints/step_0000008/model.safetensors"
+    a, b = load_file(run / final), load_file(reference / final)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a), "weights differ"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    counts = Counter((r["step"], r["kind"]) for r in rows if r["kind"] != "init")
+    assert max(counts.values()) == 1, f"logged twice: {[k for k, n in counts.items() if n > 1]}"
+    ref_rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert set(counts) == {(r["step"], r["kind"]) for r in ref_rows if r["kind"] != "init"}, "steps missing"
+    assert not list((run / "checkpoints").glob(".*tmp*")), "half-written checkpoint left behind"
+
+
+@pytest.fixture(scope="module")
+def reference_run(smoke_source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(_train_args(smoke_source["synth-coco"], out)) == 0
+    return out
+
+
+def test_sigkill_during_training(smoke_source, reference_run, tmp_path, cli, seen):
+    """Killed at optimiser step 6 (last checkpoint: step 4): the rerun resumes there and ends with the same
+    weights as an uninterrupted run; every step is logged exactly once."""
+    run = tmp_path / "run"
+    killed(seen, "torch.optim:AdamW.step", 6, "before", *_train_args(smoke_source["synth-coco"], run))
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+    assert cli(*_train_args(smoke_source["synth-coco"], run)).code == 0
+    _assert_same_run(run, reference_run)
+
+
+def test_sigkill_during_checkpoint_save(smoke_source, reference_run, tmp_path, cli, seen):
+    """Killed while the step-4 checkpoint's state.pt was half written: `latest` still names step 3, the
+    rerun resumes from it, and the half checkpoint is cleaned away."""
+    run = tmp_path / "run"
+    killed(seen, "torch:save", 2, "half-written:1", *_train_args(smoke_source["synth-coco"], run))
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    assert list((run / "checkpoints").glob(".step_0000004.tmp*")), "the kill did not land mid-save"
+    assert cli(*_train_args(smoke_source["synth-coco"], run)).code == 0
+    _assert_same_run(run, reference_run)
+
+
+def test_sigkill_during_a_papermill_study(tmp_path, cli, seen):
+    """The whole process group (runner + notebook kernel) killed while 02 trains the 5+2 run: the rerun
+    continues from that notebook, and the report holds every run once."""
+    run_dir, reports = tmp_path / "study", tmp_path / "reports"
+    args = ["study", "--profile", "smoke", "--run-dir", run_dir, "--reports", reports]
+    proc = subprocess.Popen([sys.executable, "-m", "mmd2v2_core.cli", *map(str, args)], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trigger = run_dir / "runs" / "mmd2v2_7_2" / "seed0" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert trigger.exists(), "the study ended or stalled before the kill"
+    seen("killed runner and kernel while 02_distillation_pretraining trained mmd2v2_7_2")
+    done = sorted(p.stem for p in (run_dir / "done").glob("*.json"))
+    assert done == ["00_data_prep", "01_teacher_targets"]
+
+    out = cli(*args)
+    assert out.code == 0
+    assert sorted(p.stem for p in (run_dir / "done").glob("*.json")) == [
+        "00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
+        "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser"]
+    results = list((run_dir / "results").rglob("*.json"))
+    assert len(results) == 2 * 8 and all(json.loads(p.read_text())["metrics"] for p in results)
+    for metrics in (run_dir / "runs").rglob("metrics.jsonl"):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        counts = Counter((r["step"], r["kind"]) for r in rows if r["kind"] != "init")
+        assert max(counts.values()) == 1, f"{metrics}: logged twice"
+    report = (reports / "report.md").read_text()
+    assert "Not run" not in report and "| MM-D2V2 7_2 (5+2) |" in report
