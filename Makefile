@@ -5,13 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROFILE ?= embedded
 
-.PHONY: study test setup clean
+.PHONY: study test reliability setup clean
 
 study: setup  ## run the whole study (embedded profile) and regenerate reports/
 	$(BIN)/mmd2v2 study --profile $(PROFILE)
 
 test: setup  ## run the test suite
 	$(BIN)/python -m pytest
+
+reliability: setup  ## rerun the reliability sweep and regenerate reports/reliability.md
+	$(BIN)/python tests/reliability/make_report.py
 
 setup: $(STAMP)
 
