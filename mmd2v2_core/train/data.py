@@ -78,8 +78,9 @@ class TrainPairs(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, position, index = key
         record, j, img = self._readable(*self.pairs[index])
+        seed = int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0]))
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also seeds accelerators, slowly
             top, left, h, w = T.RandomResizedCrop.get_params(img, list(self.crop_scale), [3 / 4, 4 / 3])
             flip = torch.rand(1).item() < self.hflip
         img = TF.crop(img, top, left, h, w)
