@@ -93,6 +93,7 @@ class RunConfig:
     resume: str | None = None  # latest | a checkpoint folder | None
     checkpoint_every: int = 200
     val_every: int = 200
+    val_at_start: bool = True  # validate the untrained student first (the curves' step-0 baseline)
     log_every: int = 10
     tensorboard: bool = True
     wandb: bool = False

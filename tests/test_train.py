@@ -217,3 +217,24 @@ def test_wandb_without_the_package_is_a_clear_error(smoke_data, tmp_path, monkey
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(ConfigError, match="run.wandb=true needs the wandb package"):
         train(_cfg(smoke_data["synth-coco"], tmp_path, "optim.steps=1", "run.wandb=true"))
+
+
+def test_student_initialisation_does_not_depend_on_the_teacher(smoke_data, tmp_path, monkeypatch):
+    """The teacher ablation compares runs that start from the same student weights (per seed)."""
+    from mmd2v2_core.train import loop
+
+    built = []
+
+    def recording(*args, **kwargs):
+        student, report = build(*args, **kwargs)
+        built.append({k: v.clone() for k, v in student.state_dict().items()})
+        return student, report
+
+    build = loop.build_student
+    monkeypatch.setattr(loop, "build_student", recording)
+    for i, teacher in enumerate(["teacher.tiny=false", "teacher.name=none"]):  # the packaged pretrained one
+        extra = ["loss.kd=none"] if teacher == "teacher.name=none" else []
+        train(_cfg(smoke_data["synth-coco"], tmp_path / str(i), "optim.steps=1", "run.val_at_start=false", teacher,
+                   *extra))
+    assert {k.split(".")[0] for k in built[0].keys() - built[1].keys()} == {"kd_head"}  # no teacher: no KD head
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[1])

@@ -64,7 +64,8 @@ def training_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> 
     p = study.profile
     return "\n".join(["## 02 Distillation pretraining", "",
                       f"{len(runs)} recipes × {len(p.seeds)} seed(s), {p.steps} steps of {p.batch_size} pairs each "
-                      f"({p.layout_note}). Validation on `synth-coco` val; step 0 is the untrained student.", "",
+                      f"({p.layout_note}). Validation on `synth-coco` val after the last step (the untrained student's "
+                      "level is Table 1's unaligned-towers row).", "",
                       f"![training curves]({_rel(figure, reports_dir)})"])
 
 

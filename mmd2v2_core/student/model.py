@@ -124,11 +124,16 @@ class MultimodalStudent(nn.Module):
             nn.init.trunc_normal_(self.type_embed, std=0.02)
             self.type_scale = nn.Parameter(torch.full((cfg.width,), cfg.type_layer_scale))
         self.shared = nn.ModuleList(_block(cfg, True) for _ in range(cfg.n_shared))
+        # The body is initialised before the heads exist, so its weights are the same whichever teacher
+        # (KD head width, class head or none) the student is trained against.
+        self.apply(_init_fresh)
         self.kd_head = nn.Sequential(nn.LayerNorm(cfg.width, eps=cfg.eps), nn.Linear(cfg.width, cfg.kd_dim)) \
             if cfg.kd_dim else None
         self.class_head = nn.Linear(cfg.width, cfg.num_classes) if cfg.num_classes else None
+        for head in (self.kd_head, self.class_head):
+            if head is not None:
+                head.apply(_init_fresh)
         self.grad_checkpointing = False  # recompute block activations in backward: memory for compute
-        self.apply(_init_fresh)
 
     def features(self, x: torch.Tensor, modality: str, key_padding: torch.Tensor | None = None,
                  bias: torch.Tensor | None = None) -> torch.Tensor:

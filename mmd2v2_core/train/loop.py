@@ -287,9 +287,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ConfigError("data.root is not set: point it at a prepared dataset (manifest.json)")
     out_dir = Path(cfg.run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.optim.seed)  # identical initialisation on every rank
-
     targets = _Targets(cfg, device)
+    # After the teacher (whose construction may draw random numbers): the student's initial weights depend
+    # on the seed and architecture only — the same on every rank, and with any teacher or none.
+    torch.manual_seed(cfg.optim.seed)
     preset = get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student),
                         **({"kd_dim": 0, "num_classes": targets.dim} if cfg.loss.kd == "shre"
                            else {"kd_dim": targets.dim}))
@@ -355,7 +356,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                  "val_history": val_history}
         return save_checkpoint(out_dir, step, model, state, to_yaml(cfg), student.config_dict())
 
-    if step == 0 and rank == 0 and not val_history:
+    if step == 0 and rank == 0 and not val_history and cfg.run.val_at_start:
         validate()  # the untrained student: the baseline every later score is read against
     local = cfg.optim.batch_size // world // cfg.optim.accum
     sampler = StepSampler(len(dataset), cfg.optim.batch_size // cfg.optim.accum, cfg.optim.steps * cfg.optim.accum,

@@ -16,7 +16,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_training_curves(runs: dict[str, Path], out: Path) -> Path:
-    """``runs``: label → metrics.jsonl. Left: training loss; right: val mean R@K (step 0 = before training)."""
+    """``runs``: label → metrics.jsonl. Left: training loss; right: val mean R@K at each validated step."""
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     for label, path in runs.items():
         rows = read_metrics(path)
