@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--workers", type=int, default=1, help="data loader processes (the embedded preset's: 1)")
     args = parser.parse_args()
     data = generate(args.data / "embedded", "embedded")["synth-coco"]
     rows = []
@@ -59,7 +60,7 @@ def main() -> None:
         cache_seconds = time.perf_counter() - start
         common = [f"data.root={index}", f"optim.steps={args.steps}", f"optim.batch_size={args.batch}",
                   "run.val_every=100000", "run.checkpoint_every=100000", "run.log_every=5", "run.tensorboard=false",
-                  "data.num_workers=2"]
+                  f"data.num_workers={args.workers}"]
         for name, extra in (("cached targets", [f"teacher.cache={tmp / 'cache'}"]), ("online teacher", [])):
             cfg = load_config("embedded", [*common, f"run.out_dir={tmp / name.split()[0]}", *extra])
             train(cfg)
@@ -89,7 +90,7 @@ def main() -> None:
         "",
         f"MM-D2V2 at embedded size (2+1 blocks, width 128, 64 px, captions ≤ 48 tokens), KD = MSE on "
         f"EfficientNet-Lite0 pooled features (64 px); global batch {args.batch}, {args.steps} steps, fp32, "
-        f"2 data workers; {machine()}.",
+        f"{args.workers} data loader process(es); {machine()}.",
         "",
         "| what | samples/s |",
         "|---|---:|",
