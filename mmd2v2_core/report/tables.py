@@ -154,11 +154,16 @@ def _tex(text: str) -> str:
             .replace("_", r"\_").replace("#", r"\#").replace("†", r"$^\dagger$"))
 
 
+def _latex_float(columns: str, body: list[str], caption: str) -> str:
+    """A booktabs ``table`` float: tabular with these column types, header + body lines, caption."""
+    return "\n".join([r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
+                      *body, r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]) + "\n"
+
+
 def render_latex(table: Table) -> str:
     n = len(table.datasets)
-    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "rrr" * 2 * n + "}", r"\toprule"]
-    out.append(" & " + " & ".join(rf"\multicolumn{{6}}{{c}}{{{_tex(DATASET_HEADINGS[d])}}}" for d in table.datasets)
-               + r" \\")
+    out = [" & " + " & ".join(rf"\multicolumn{{6}}{{c}}{{{_tex(DATASET_HEADINGS[d])}}}" for d in table.datasets)
+           + r" \\"]
     out.append(" ".join(rf"\cmidrule(lr){{{2 + 6 * i}-{7 + 6 * i}}}" for i in range(n)))
     out.append(" & " + " & ".join(r"\multicolumn{3}{c}{" + a.replace("→", r"$\rightarrow$") + "}"
                                   for _ in table.datasets for _, a in DIRECTIONS) + r" \\")
@@ -168,9 +173,7 @@ def render_latex(table: Table) -> str:
         if title:
             out.append(rf"\multicolumn{{{1 + 6 * n}}}{{l}}{{\textit{{{_tex(title)}}}}} \\")
         out += [" & ".join([_tex(row.label), *_cells(row, table.datasets)]) + r" \\" for row in rows]
-    out += [r"\bottomrule", r"\end{tabular}",
-            rf"\caption{{{_tex(table.title)}. {' '.join(_tex(n_) for n_ in table.notes)}}}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+    return _latex_float("l" + "rrr" * 2 * n, out, f"{_tex(table.title)}. {' '.join(_tex(n_) for n_ in table.notes)}")
 
 
 def render_csv(table: Table) -> str:
@@ -196,12 +199,10 @@ def simple_latex(table: SimpleTable) -> str:
     def cell(text: str) -> str:
         return _tex(text).replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
 
-    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(table.header) - 1) + "}",
-           r"\toprule", " & ".join(cell(h) for h in table.header) + r" \\", r"\midrule"]
-    out += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
-    out += [r"\bottomrule", r"\end{tabular}",
-            rf"\caption{{{cell(table.title)}. {' '.join(cell(n) for n in table.notes)}}}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+    body = [" & ".join(cell(h) for h in table.header) + r" \\", r"\midrule",
+            *(" & ".join(cell(c) for c in row) + r" \\" for row in table.rows)]
+    return _latex_float("l" + "r" * (len(table.header) - 1), body,
+                        f"{cell(table.title)}. {' '.join(cell(n) for n in table.notes)}")
 
 
 def simple_csv(table: SimpleTable) -> str:
