@@ -114,7 +114,9 @@ def generate_domain(out_dir: Path, domain: str, splits: dict[str, int], image_si
                      (seed, list(DOMAINS).index(domain), split_no, e["imgid"])))
     workers = workers or os.cpu_count() or 1
     if workers > 1:
-        with get_context("fork").Pool(workers) as pool:
+        # spawn, not fork: a fork of a process whose BLAS/OpenMP threads already ran (a notebook kernel that
+        # trained, a test session) can deadlock in the child
+        with get_context("spawn").Pool(workers) as pool:
             for _ in progress(pool.imap_unordered(_render_job, jobs, chunksize=64), total=len(jobs),
                               desc=f"rendering {domain}"):
                 pass

@@ -39,6 +39,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_log_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines log, without a last line a kill cut short; [] when there is no log."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def write_index(out_dir: Path, manifest: dict, splits: dict[str, list[dict]]) -> dict:
     """Write split files then the manifest; returns the manifest with format, version and split sizes added."""
     out_dir.mkdir(parents=True, exist_ok=True)

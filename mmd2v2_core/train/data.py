@@ -24,7 +24,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from ..data.images import image_problem, open_rgb
-from ..data.index import ImageRecord
+from ..data.index import ImageRecord, read_log_lines
 from ..errors import DataError
 
 MAX_UNREADABLE_IN_A_ROW = 8
@@ -94,14 +94,8 @@ class TrainPairs(Dataset):
 
 def skipped_images(log: Path) -> list[dict]:
     """The distinct files a run skipped (each worker and each epoch logs its own encounters)."""
-    if not log.is_file():
-        return []
     seen = {}
-    for line in log.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
+    for entry in read_log_lines(log):
         seen.setdefault(entry["path"], entry)
     return list(seen.values())
 

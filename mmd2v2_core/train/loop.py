@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig, student_overrides, to_dict, to_yaml
 from ..data.datasets import RetrievalSplit
-from ..data.index import read_split, write_text_atomic
+from ..data.index import read_log_lines, read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import ConfigError, KitError, clean_worker_errors
@@ -42,7 +42,8 @@ from ..teachers.cache import TargetCache, dataset_fingerprint, fingerprint
 from ..teachers.inspect import preprocess_of
 from ..teachers.registry import create_teacher
 from ..teachers.targets import compute_target
-from .checkpoint import check_compatible, find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (check_compatible, find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint,
+                         set_rng_state)
 from .data import StepSampler, TrainPairs, View, skipped_images
 
 SKIPPED_LOG = "skipped_images.jsonl"
@@ -209,8 +210,8 @@ class _Logger:
         if not enabled:
             return
         path = out_dir / "metrics.jsonl"
-        kept = [line for line in _jsonl_lines(path) if start_step and json.loads(line)["step"] <= start_step]
-        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+        kept = [r for r in read_log_lines(path) if start_step and r["step"] <= start_step]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.jsonl = open(path, "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -243,20 +244,6 @@ class _Logger:
                 self.tb.close()
             if self.wandb is not None:
                 self.wandb.finish()
-
-
-def _jsonl_lines(path: Path) -> list[str]:
-    """The complete JSON lines of a log (a kill can leave the last one cut)."""
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        lines.append(line)
-    return lines
 
 
 def load_trained_student(path: str | Path) -> tuple[nn.Module, TrainConfig]:
@@ -336,6 +323,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if torch.multiprocessing.current_process().name == "MainProcess" else None
     logger = _Logger(out_dir, rank == 0, step, cfg.run.tensorboard, to_dict(cfg) if cfg.run.wandb else None)
     if rank == 0:
+        if resume_from is None:  # a fresh run: files skipped by an earlier run in this folder are not its own
+            (out_dir / SKIPPED_LOG).unlink(missing_ok=True)
         write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
         logger.log(step, "init", {"image": init_report["image"], "text": init_report["text"],
                                   "resumed_from": str(resume_from) if resume_from else ""})

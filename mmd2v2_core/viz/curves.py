@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,9 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+from ..data.index import read_log_lines  # noqa: E402
 
 
 def plot_training_curves(runs: dict[str, Path], out: Path) -> Path:
@@ -21,7 +18,7 @@ def plot_training_curves(runs: dict[str, Path], out: Path) -> Path:
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.15]})
     finals = []
     for label, path in runs.items():
-        rows = read_metrics(path)
+        rows = read_log_lines(Path(path))
         train = [r for r in rows if r["kind"] == "train"]
         val = [r for r in rows if r["kind"] == "val"]
         line, = loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=".", label=label)
