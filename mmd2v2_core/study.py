@@ -169,6 +169,7 @@ class Study:
 
     def evaluate_unaligned(self, seed: int = 0) -> list[dict]:
         """The student before distillation: towers that never saw each other — the chance-level row."""
+        from .config import student_overrides
         from .student.presets import build_student, get_preset
 
         paths = [self.result_path("unaligned", seed, d) for d in TEST_SETS]
@@ -178,7 +179,8 @@ class Study:
         import torch
 
         torch.manual_seed(seed)
-        student, _ = build_student(get_preset(cfg.student.preset, cfg.student.size), cfg.student.init)
+        student, _ = build_student(get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student)),
+                                   cfg.student.init)
         return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed, "Unaligned towers (step 0)")
 
     def _score(self, student, tokenizer_name: str, run_name: str, seed: int, label: str) -> list[dict]:

@@ -210,7 +210,7 @@ class _Logger:
         if not enabled:
             return
         path = out_dir / "metrics.jsonl"
-        kept = [r for r in read_log_lines(path) if start_step and r["step"] <= start_step]
+        kept = [r for r in read_log_lines(path) if r["step"] <= start_step] if start_step else []
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.jsonl = open(path, "a")
         if tensorboard:
