@@ -88,6 +88,14 @@ def _model_summary(args: argparse.Namespace) -> None:
           f"attention) + {cfg['n_shared']} shared blocks, width {cfg['width']}, {cfg['heads']} heads")
     print(f"  image side from {summary['image_init']}, text side from {summary['text_init']}, "
           f"tokenizer {summary['tokenizer']}")
+    layers = summary["layers"]
+    front = layers["image_frontend"]
+    print(f"  image front end: {' + '.join(front['parts'])}{' (frozen)' if front['frozen'] else ''}")
+    print(f"  image layers ← {', '.join(layers['image_layers'])}")
+    print(f"  text layers  ← {', '.join(layers['text_layers'])}")
+    if layers["shared_attention_from"]:
+        print(f"  shared attention initialised from the {layers['shared_attention_from']}")
+    print(f"  KD head: {layers['kd_head']}")
     for part, n in summary["parameters"].items():
         print(f"  {part:<16}{n:>14,}")
 

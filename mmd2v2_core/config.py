@@ -44,6 +44,8 @@ class TeacherConfig:
     target: str = "pooled"  # cls | cls_prenorm | mean | layer_avg | pooled | logits
     normalize: bool = False  # parameter-free LayerNorm on each target (as data2vec): regress its pattern, not its scale
     top_k: int = 8
+    whiten: bool = False  # centre and PCA-whiten targets to the student's width with train statistics
+    whiten_sample: int = 4096  # training images the whitening is fitted on when targets come from the teacher online
     image_size: int | None = None  # default: the teacher's own
     cache: str | None = None  # a `mmd2v2 targets` folder; the teacher is then never loaded
 
@@ -68,7 +70,10 @@ class LossConfig:
     kd_weight: float = 1.0
     itc_weight: float = 0.0  # CLIP-style image-text contrastive loss (S-SMKE: 1.0)
     memory_bank: int = 0  # teacher memory bank size for cdl (thesis: 65,536)
+    bank_negatives: str = "local"  # cdl + bank: local batch + bank (the original code) | global (gathered batch + bank)
+    kd_temperature: str = "fixed"  # cdl: fixed at 0.07 (what the original code ran) | learned
     itc_max_scale: float = 100.0
+    itc_hidden: bool = False  # also ITC on the last block's FFN hidden CLS, averaged with the final CLS's (S-SMKE code)
 
 
 @dataclass
@@ -233,6 +238,11 @@ def validate(cfg: TrainConfig) -> None:
         (o.precision in ("fp32", "bf16", "fp16"), f"optim.precision must be fp32, bf16 or fp16, got {o.precision!r}"),
         (cfg.loss.kd in ("mse", "cosine", "cdl", "shre", "none"), f"loss.kd: unknown {cfg.loss.kd!r}"),
         (cfg.loss.memory_bank >= 0, "loss.memory_bank must not be negative"),
+        (cfg.loss.bank_negatives in ("local", "global"),
+         f"loss.bank_negatives must be local or global, got {cfg.loss.bank_negatives!r}"),
+        (cfg.loss.kd_temperature in ("fixed", "learned"),
+         f"loss.kd_temperature must be fixed or learned, got {cfg.loss.kd_temperature!r}"),
+        (cfg.teacher.whiten_sample > 1, "teacher.whiten_sample must be at least 2"),
         (cfg.loss.kd_weight >= 0 and cfg.loss.itc_weight >= 0, "loss weights must not be negative"),
         (cfg.loss.kd_weight > 0 or cfg.loss.itc_weight > 0, "at least one of loss.kd_weight, loss.itc_weight must be > 0"),
         (cfg.loss.kd == "none" or cfg.teacher.name != "none", "loss.kd needs a teacher (teacher.name is 'none')"),

@@ -4,7 +4,8 @@ Notation (thesis §1.3): v = image, w = text (caption), s = student, t = teacher
 B = local (per-rank) batch, B' = W·B the global batch over W ranks, s (a scalar) = logit scale = 1/τ.
 
 * ``itc_loss``                      L_CL, CLIP-style symmetric InfoNCE between image and caption embeddings.
-* ``kd_regression_loss``            L_KD of S-SMKE v1: both KD-head outputs regress the *image* teacher target.
+* ``kd_regression_loss``            L_KD of MM-D2V2 (the seed): image and caption both regress the *image* teacher
+                                    target (MSE or cosine), the two terms summed.
 * ``shre_kd_loss``                  L_KD of SHRe: KL between teacher and student class distributions.
 * ``contrastive_distillation_loss`` L_KD of the final model (CDL, "contrastive target loss"), optionally with
                                     a ``TeacherMemoryBank`` of past teacher targets as extra negatives (CDL+MB).
@@ -16,10 +17,18 @@ on every rank (e.g. ``drop_last=True``). The mean over ranks of the per-rank los
 the global batch, and DDP's gradient averaging then yields exactly the single-process parameter gradient
 (tests/test_losses.py checks this on two gloo processes).
 
-Bugs of the original code that are fixed here:
+Where the original code and the thesis text differ, these functions compute what the code ran (the numbers came
+from it) and offer the text's version as an option:
 
 * The KD temperature (``logit_scale_target``) lived outside the module whose parameters the optimiser collected,
-  so it stayed at 1/0.07. ``LearnableTemperature`` is an ``nn.Module``: put it inside the model and it is optimised.
+  so it stayed at 1/0.07. ``LearnableTemperature`` can be frozen at 1/0.07 (``loss.kd_temperature=fixed``, the
+  ``real_*`` presets) or optimised (``learned``).
+* With a memory bank the contrastive distillation's negatives were the *local* batch's targets plus the bank
+  (``gather=False``); without a bank, the gathered global batch's.
+* MM-D2V2's two KD regression terms (image, caption) were summed, not averaged.
+
+A bug of the original code that is fixed here:
+
 * The memory-bank update only defined its tensor when world size > 1, so single-GPU training crashed; here the
   gathers are identities at world size 1 and ``TeacherMemoryBank.push`` works for any batch and bank size
   (the original also required the bank size to be divisible by the global batch).
@@ -46,17 +55,17 @@ class LearnableTemperature(nn.Module):
     the log is clamped to [0, ln max_scale] (ITC: 100, as in CLIP and the thesis code), i.e. 1 ≤ s ≤ max_scale.
     ``clamp`` passes the gradient unchanged while the log is inside the range and blocks it only outside.
     The KD temperature of the contrastive distillation is a separate, unclamped instance (``max_scale=None``);
-    unlike in the original code it must be, and is, updated by the optimiser.
+    ``learnable=False`` freezes it at ``init`` (what the original code effectively ran: τ = 0.07).
     """
 
-    def __init__(self, init: float = 1 / 0.07, max_scale: float | None = None):
+    def __init__(self, init: float = 1 / 0.07, max_scale: float | None = None, learnable: bool = True):
         super().__init__()
         if init <= 0:
             raise ValueError(f"initial logit scale must be positive, got {init}")
         if max_scale is not None and max_scale < 1:
             raise ValueError(f"max_scale must be >= 1 (the log is clamped to [0, ln max_scale]), got {max_scale}")
         self.max_scale = max_scale
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init)))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=learnable)
 
     def forward(self) -> Tensor:
         log_scale = self.log_scale
@@ -134,32 +143,45 @@ def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, g
     return 0.5 * (i2t + t2i)
 
 
-def kd_regression_loss(image_kd: Tensor, text_kd: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
-    """Feature-regression KD of S-SMKE v1 (thesis §1.3 (3)), the seed's loss.
+def kd_regression_terms(image_kd: Tensor, text_kd: Tensor, target: Tensor, kind: str = "mse") -> tuple[Tensor, Tensor]:
+    """Feature-regression KD, the seed's loss (thesis §1.3 (3)), one term per modality.
 
-    r(h^s_{v,CLS}) = ``image_kd`` and r(h^s_{w,CLS}) = ``text_kd`` (the KD head's outputs) both regress the
+    ``image_kd`` and ``text_kd`` — MM-D2V2's final CLS itself, or S-SMKE's KD-head outputs — both regress the
     *image* teacher's target h^t_CLS (there is no text teacher; the caption has to predict its image's target):
 
-    * ``mse``:    ½·(MSE(image_kd, target) + MSE(text_kd, target)), each MSE averaged over batch and dimensions;
-    * ``cosine``: ½·(mean(1 − cos(image_kd, target)) + mean(1 − cos(text_kd, target))).
+    * ``mse``:    (MSE(image_kd, target), MSE(text_kd, target)), each averaged over batch and dimensions;
+    * ``cosine``: (mean(1 − cos(image_kd, target)), mean(1 − cos(text_kd, target))).
 
     ``target`` is detached: the frozen teacher is never trained.
     """
     target = target.detach()
     if kind == "mse":
-        return 0.5 * (F.mse_loss(image_kd, target) + F.mse_loss(text_kd, target))
+        return F.mse_loss(image_kd, target), F.mse_loss(text_kd, target)
     if kind == "cosine":
-        return 0.5 * ((1 - F.cosine_similarity(image_kd, target, dim=-1)).mean()
-                      + (1 - F.cosine_similarity(text_kd, target, dim=-1)).mean())
+        return ((1 - F.cosine_similarity(image_kd, target, dim=-1)).mean(),
+                (1 - F.cosine_similarity(text_kd, target, dim=-1)).mean())
     raise ConfigError(f"unknown KD regression loss {kind!r}; choose one of {', '.join(KD_REGRESSION_KINDS)}")
+
+
+def kd_regression_loss(image_kd: Tensor, text_kd: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
+    """L_KD = image term + caption term of ``kd_regression_terms``: summed, as the original MM-D2V2 code did."""
+    image, text = kd_regression_terms(image_kd, text_kd, target, kind)
+    return image + text
 
 
 def shre_kd_loss(image_logits: Tensor, text_logits: Tensor, teacher_logits: Tensor,
                  temperature: float = 1.0) -> Tensor:
+    """L_KD = ½·(image term + caption term) of ``shre_kd_terms``."""
+    image, text = shre_kd_terms(image_logits, text_logits, teacher_logits, temperature)
+    return 0.5 * (image + text)
+
+
+def shre_kd_terms(image_logits: Tensor, text_logits: Tensor, teacher_logits: Tensor,
+                  temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """SHRe's KD loss (thesis §1.3 (2)): the student's class distributions for the image (f_v) and for the
     caption (f_w) match the (supervised) teacher's distribution p_teacher on the image:
 
-        L_KD = ½·KL(p_teacher ‖ softmax(f_v / T)) + ½·KL(p_teacher ‖ softmax(f_w / T)),
+        (KL(p_teacher ‖ softmax(f_v / T)), KL(p_teacher ‖ softmax(f_w / T))),
         p_teacher = softmax(teacher_logits / T),
 
     KL summed over classes and averaged over the batch. No T² factor (the thesis uses T = 1, the default).
@@ -174,11 +196,18 @@ def shre_kd_loss(image_logits: Tensor, text_logits: Tensor, teacher_logits: Tens
         log_q = F.log_softmax(student_logits / temperature, dim=-1)
         return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
-    return 0.5 * (kl(image_logits) + kl(text_logits))
+    return kl(image_logits), kl(text_logits)
 
 
 def contrastive_distillation_loss(image_kd: Tensor, text_kd: Tensor, targets: Tensor, logit_scale: Tensor | float,
                                   bank: Tensor | None = None, gather: bool = True) -> Tensor:
+    """L_KD = ½·(L^{i2i}_KD + L^{t2i}_KD) of ``contrastive_distillation_terms``."""
+    i2i, t2i = contrastive_distillation_terms(image_kd, text_kd, targets, logit_scale, bank, gather)
+    return 0.5 * (i2i + t2i)
+
+
+def contrastive_distillation_terms(image_kd: Tensor, text_kd: Tensor, targets: Tensor, logit_scale: Tensor | float,
+                                   bank: Tensor | None = None, gather: bool = True) -> tuple[Tensor, Tensor]:
     """Contrastive distillation (CDL, thesis §1.3 (4)–(5)); with ``bank`` the final S-SMKE_CDL_MB loss.
 
     T = δ(teacher targets of all images of the global batch) (gathered without gradient), optionally followed by
@@ -186,11 +215,11 @@ def contrastive_distillation_loss(image_kd: Tensor, text_kd: Tensor, targets: Te
     caption's normalised KD output must pick its *own image's* target:
 
         L^{i2i}_KD = CE(s·δ(r(h^s_v))·[T; bank]ᵀ, labels),   L^{t2i}_KD = CE(s·δ(r(h^s_w))·[T; bank]ᵀ, labels),
-        L_KD = ½·(L^{i2i}_KD + L^{t2i}_KD),   labels = arange(B) + rank·B.
+        labels = arange(B) + rank·B;  returns (L^{i2i}_KD, L^{t2i}_KD).
 
     Only the targets are gathered: the KD outputs of other ranks never meet these columns, so no gradient crosses
-    ranks. ``logit_scale`` is the KD temperature's scale — a ``LearnableTemperature`` that the optimiser updates
-    (the original code silently kept it at 1/0.07).
+    ranks. ``gather=False`` scores against the local batch only (the original's choice when a bank is used).
+    ``logit_scale`` is the KD temperature's scale (fixed at 1/0.07 in the original code, optionally learned).
     """
     rank = 0
     if gather:
@@ -202,7 +231,7 @@ def contrastive_distillation_loss(image_kd: Tensor, text_kd: Tensor, targets: Te
     labels = _local_labels(image_kd.shape[0], rank, image_kd.device)
     i2i = F.cross_entropy(logit_scale * F.normalize(image_kd, dim=-1) @ keys.T, labels)
     t2i = F.cross_entropy(logit_scale * F.normalize(text_kd, dim=-1) @ keys.T, labels)
-    return 0.5 * (i2i + t2i)
+    return i2i, t2i
 
 
 # ------------------------------------------------------------------------------------------------------ memory bank

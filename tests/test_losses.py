@@ -37,6 +37,7 @@ from mmd2v2_core.losses import (
     gather_with_grad,
     itc_loss,
     kd_regression_loss,
+    kd_regression_terms,
     shre_kd_loss,
 )
 
@@ -83,9 +84,11 @@ def test_kd_regression_mse_explicit():
     image_kd = t([[1, 2], [0, 0]])
     text_kd = t([[0, 0], [1, 1]])
     target = t([[1, 0], [0, 1]]).requires_grad_()
-    # image: (0² + 2² + 0² + 1²)/4 = 1.25; text: (1² + 0² + 1² + 0²)/4 = 0.5
+    # image: (0² + 2² + 0² + 1²)/4 = 1.25; text: (1² + 0² + 1² + 0²)/4 = 0.5; summed, as the original MM-D2V2
     loss = kd_regression_loss(image_kd.requires_grad_(), text_kd, target, "mse")
-    assert loss.item() == pytest.approx(0.5 * (1.25 + 0.5))
+    assert loss.item() == pytest.approx(1.25 + 0.5)
+    image_term, text_term = kd_regression_terms(image_kd, text_kd, target, "mse")
+    assert (image_term.item(), text_term.item()) == pytest.approx((1.25, 0.5))
     loss.backward()
     assert target.grad is None                     # the teacher target is detached
 
@@ -94,7 +97,7 @@ def test_kd_regression_cosine_explicit():
     image_kd = t([[1, 0], [0, 1]])                 # cos with target: 1, 0
     text_kd = t([[-2, 0], [1, 1]])                 # cos with target: −1, 1/√2
     target = t([[1, 0], [1, 0]])
-    expected = 0.5 * ((0 + 1) / 2 + (2 + (1 - 1 / math.sqrt(2))) / 2)
+    expected = (0 + 1) / 2 + (2 + (1 - 1 / math.sqrt(2))) / 2
     assert kd_regression_loss(image_kd, text_kd, target, "cosine").item() == pytest.approx(expected, rel=1e-5)
 
 

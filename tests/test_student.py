@@ -68,16 +68,19 @@ def test_what_the_attention_modes_share_seen_through_gradients(attention):
 @pytest.mark.parametrize("source", ["d2v2-image", "dino", "beitv2"])
 def test_image_initialisation_reproduces_the_source_blocks(source):
     model = create_teacher(source, tiny=True).model
-    depth = len(model.blocks)
+    prenet = getattr(model, "prenet_depth", 0)  # Data2Vec2: its prenet blocks are the student's front end
+    depth = len(model.blocks) - prenet
     post_ln = source == "d2v2-image"
     cfg = StudentConfig(width=model.embed_dim, heads=model.blocks[0].attn.num_heads,
                         mlp_ratio=model.blocks[0].mlp.fc1.out_features / model.embed_dim,
                         image_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
                         depth=depth, n_shared=0, norm_first=not post_ln, eps=1e-6, kd_dim=0,
                         layer_scale=0.1 if source == "beitv2" else None, abs_pos_embed=source != "beitv2",
-                        rel_pos_bias=source == "beitv2")
+                        rel_pos_bias=source == "beitv2", image_prenet=prenet)
     student = MultimodalStudent(cfg).eval()
     assert init_image_from_timm(student, model, source) == list(range(depth))
+    if student.image_embed.pos_embed is not None:  # Data2Vec2's sin-cos positions stay fixed; DINO's train
+        assert student.image_embed.pos_embed.requires_grad == (source != "d2v2-image")
     x = torch.randn(2, 3, cfg.image_size, cfg.image_size)
     with torch.no_grad():
         _, layers = model.forward_intermediates(x, return_prefix_tokens=True, output_fmt="NLC")
@@ -141,7 +144,53 @@ def test_minilm_size_starts_from_minilm():
 
 def test_real_smke_is_near_the_thesis_size():
     params = summarize("smke", "real")["parameters"]
-    assert 116e6 < params["total"] < 118e6  # the thesis: ≈117M
+    assert 116e6 < params["trainable"] < 118e6  # the thesis: ≈117M, beside the frozen front end
+    assert params["frozen"] == params["image_frontend"]  # patch embedding + 2 Data2Vec2 prenet blocks
+
+
+@pytest.mark.parametrize("arch, image_layers, text_source, head", [
+    ("mmd2v2_6", 5, "d2v2-text", False), ("mmd2v2_7", 6, "d2v2-text", False), ("mmd2v2_7_2", 5, "d2v2-text", False),
+    ("smke", 6, "bert", True)])
+def test_real_presets_follow_the_original_layer_mapping(arch, image_layers, text_source, head):
+    summary = summarize(arch, "real")
+    layers = summary["layers"]
+    assert layers["image_frontend"] == {"parts": ["patch embedding", "d2v2-image prenet block 0",
+                                                  "d2v2-image prenet block 1"], "frozen": True}
+    assert layers["image_layers"] == [f"d2v2-image main block {i}" for i in range(image_layers)]
+    assert layers["text_layers"] == [f"{text_source} layer {i}" for i in range(image_layers)]
+    assert layers["kd_head"].startswith("LayerNorm") == head
+    assert (summary["parameters"]["kd_head"] > 0) == head
+    assert layers["type_embedding"] == (arch == "smke")
+
+
+def test_mmd2v2_has_no_kd_head_its_cls_is_the_kd_output():
+    student = MultimodalStudent(get_preset("mmd2v2_6", "smoke").config)
+    assert student.kd_head is None
+    images, ids, mask = _batch()
+    out = student(images, ids, mask)
+    assert torch.equal(out["image_kd"], student.image_cls(images))
+    assert torch.equal(out["text_kd"], student.text_cls(ids, mask))
+    with pytest.raises(ConfigError, match="teacher.whiten=true"):
+        get_preset("mmd2v2_6", "smoke", kd_dim=1280)
+    assert MultimodalStudent(get_preset("smke", "smoke").config).kd_head is not None
+
+
+def test_shared_attention_is_initialised_from_the_image_model_only():
+    image_model = create_teacher("d2v2-image", tiny=True).model
+    text_model = create_teacher("d2v2-text", tiny=True).model
+    cfg = StudentConfig(width=32, heads=2, image_size=224, patch_size=16, vocab_size=50265, depth=3, n_shared=1,
+                        kd_dim=0, attention="shared", image_prenet=2)
+    student = MultimodalStudent(cfg)
+    init_image_from_timm(student, image_model, "d2v2-image")
+    init_text_from_hf(student, text_model, "d2v2-text")
+    for i, layer in enumerate(student.specific):
+        source = image_model.blocks[2 + i].attn  # main block i, after the two prenet blocks
+        assert layer.text.attn is layer.image.attn
+        assert torch.equal(layer.image.attn.qkv.weight, source.qkv.weight)
+        assert torch.equal(layer.image.attn.proj.bias, source.proj.bias)
+        bert = text_model.encoder.layer[i]  # the text model still gives the norms and the FFN
+        assert torch.equal(layer.text.mlp.fc1.weight, bert.intermediate.dense.weight)
+        assert torch.equal(layer.text.norm1.weight, bert.attention.output.LayerNorm.weight)
 
 
 def test_embedded_layouts_are_scaled_down_versions_of_the_seed_layouts():

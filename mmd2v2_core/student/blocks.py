@@ -51,8 +51,11 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x, return_hidden: bool = False):
+        """``return_hidden``: also the first linear layer's output, before the GELU (S-SMKE's second ITC feature)."""
+        hidden = self.fc1(x)
+        out = self.fc2(F.gelu(hidden))
+        return (out, hidden) if return_hidden else out
 
 
 class Block(nn.Module):
@@ -77,12 +80,17 @@ class Block(nn.Module):
     def _scale(self, gamma, x):
         return x if gamma is None else gamma * x
 
-    def forward(self, x, key_padding=None, bias=None):
+    def forward(self, x, key_padding=None, bias=None, return_hidden: bool = False):
+        """[B, T, D] → [B, T, D]; with ``return_hidden`` also the FFN's hidden pre-activation [B, T, hidden]."""
         if self.norm_first:
             x = x + self._scale(self.gamma_1, self.attn(self.norm1(x), key_padding, bias))
-            return x + self._scale(self.gamma_2, self.mlp(self.norm2(x)))
-        x = self.norm1(x + self._scale(self.gamma_1, self.attn(x, key_padding, bias)))
-        return self.norm2(x + self._scale(self.gamma_2, self.mlp(x)))
+            out, hidden = self.mlp(self.norm2(x), return_hidden=True)
+            x = x + self._scale(self.gamma_2, out)
+        else:
+            x = self.norm1(x + self._scale(self.gamma_1, self.attn(x, key_padding, bias)))
+            out, hidden = self.mlp(x, return_hidden=True)
+            x = self.norm2(x + self._scale(self.gamma_2, out))
+        return (x, hidden) if return_hidden else x
 
 
 class ModalityBlock(nn.Module):
@@ -97,5 +105,5 @@ class ModalityBlock(nn.Module):
         self.attention = attention
         self.image, self.text = image, text
 
-    def forward(self, x, modality: str, key_padding=None, bias=None):
-        return (self.image if modality == "image" else self.text)(x, key_padding, bias)
+    def forward(self, x, modality: str, key_padding=None, bias=None, return_hidden: bool = False):
+        return (self.image if modality == "image" else self.text)(x, key_padding, bias, return_hidden)

@@ -7,6 +7,14 @@ transformers BERT-layout encoder — BERT, MiniLM, or Data2Vec2-text (RoBERTa po
 at padding_idx + 1). Modality-specific block *i* comes from layer ``pick[i]`` of its model (the first
 layers, or every other one); shared blocks keep their random initialisation.
 
+As the original code did (``mm_data2vec_beit.py``, ``Sx3HRe.py``):
+
+* Data2Vec2-image's two prenet blocks go into the image *front end* (frozen with the patch embedding);
+  the student's layers are copied from the *main* blocks, so "first 5 layers" = main blocks 0–4.
+* Its sin-cos positions stay fixed (they were never trained).
+* With shared attention, the one attention module of a layer is initialised from the *image* model only
+  (``init_attention = modality == image or not shared_attn``); the text model gives norms and FFN.
+
 Every copy is exact: fused qkv = [query; key; value] of BERT, BEiT's k bias is zero, BERT's token-type-0
 vector is added to the position table (it is added to every token anyway), LayerNorm epsilons are
 copied along with the weights.
@@ -106,9 +114,17 @@ def init_image_from_timm(student: MultimodalStudent, model: nn.Module, name: str
                           f"set student.rel_pos_bias={shared_bias is not None}")
     if shared_bias is not None:
         embed.rel_pos.load_state_dict(shared_bias.state_dict())
-    picks = layer_indices(len(model.blocks), cfg.n_specific, how)
+    if pos is not None and getattr(model, "fixed_pos_embed", False):  # Data2Vec2's sin-cos positions
+        embed.pos_embed.requires_grad_(False)
+    prenet = getattr(model, "prenet_depth", 0)
+    if prenet != cfg.image_prenet:
+        raise ConfigError(f"{name} has {prenet} prenet blocks but student.image_prenet={cfg.image_prenet}")
+    for dst, src in zip(embed.prenet, model.blocks[:prenet]):
+        _copy_timm_block(dst, src)
+    main = model.blocks[prenet:]
+    picks = layer_indices(len(main), cfg.n_specific, how)
     for layer, i in zip(student.specific, picks):
-        _copy_timm_block(layer.image, model.blocks[i])
+        _copy_timm_block(layer.image, main[i])
     return picks
 
 
@@ -131,15 +147,17 @@ def init_text_from_hf(student: MultimodalStudent, model: nn.Module, name: str = 
     _copy_ln(embed.norm, src.LayerNorm)
     picks = layer_indices(hf.num_hidden_layers, cfg.n_specific, how)
     for layer, i in zip(student.specific, picks):
-        _copy_bert_layer(layer.text, model.encoder.layer[i])
+        _copy_bert_layer(layer.text, model.encoder.layer[i], attention=layer.attention == "separate")
     return picks
 
 
-def _copy_bert_layer(dst: Block, src: nn.Module) -> None:
+def _copy_bert_layer(dst: Block, src: nn.Module, attention: bool = True) -> None:
+    """``attention=False``: leave the attention alone (shared attention is the image model's)."""
     att = src.attention
-    dst.attn.qkv.weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight, att.self.value.weight]))
-    dst.attn.qkv.bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
-    dst.attn.proj.load_state_dict(att.output.dense.state_dict())
+    if attention:
+        dst.attn.qkv.weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight, att.self.value.weight]))
+        dst.attn.qkv.bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
+        dst.attn.proj.load_state_dict(att.output.dense.state_dict())
     _copy_ln(dst.norm1, att.output.LayerNorm)
     dst.mlp.fc1.load_state_dict(src.intermediate.dense.state_dict())
     dst.mlp.fc2.load_state_dict(src.output.dense.state_dict())

@@ -1,13 +1,21 @@
 """The student: MM-D2V2 (modality-specific blocks, then shared blocks) and its successor S-SMKE.
 
-    image ─ ImageEmbedding ─┐                                   ┌─ CLS → L2-norm = retrieval embedding
-                            ├─ depth − n_shared ModalityBlocks ─┤
-    text ── TextEmbedding ──┘   (separate or shared attention)   └─ n_shared shared Blocks ─ KD head → teacher space
+    image ─ image front end ─┐                                   ┌─ CLS → L2-norm = retrieval embedding
+                             ├─ depth − n_shared ModalityBlocks ─┤
+    text ── text front end ──┘   (separate or shared attention)   └─ n_shared shared Blocks ─ [KD head]
 
 Image and text run in separate passes through the same stack: the modality-specific layers pick their
 image or text block, the shared blocks are one set of weights for both. S-SMKE (``type_embedding``)
 adds a learned image/text type vector after the modality-specific layers, scaled by a LayerScale that
 starts at 1e-5 so the pretrained towers' outputs are barely disturbed at first.
+
+The **image front end** is the patch embedding plus, for Data2Vec2, its two "prenet" blocks
+(``image_prenet``): the original code ran both under ``no_grad`` and copied the student's layers from
+the *main* blocks, so here they are part of the front end, frozen with it (``freeze_image_frontend``).
+
+The **KD head** is a preset property. MM-D2V2 (the seed) has none: its loss regresses the final CLS
+itself — the very vector used for retrieval — onto the teacher target, which must then have the
+student's width. S-SMKE maps the CLS through LayerNorm + Linear to the target's width (``kd_head``).
 """
 
 from __future__ import annotations
@@ -44,7 +52,10 @@ class StudentConfig:
     shared_layer_scale: float | None = None
     type_embedding: bool = False  # S-SMKE: image/text type vector after the modality-specific layers
     type_layer_scale: float = 1e-5
-    kd_dim: int = 768  # width of the teacher target the KD head maps to (0: no KD head)
+    kd_dim: int = 768  # width of the teacher target (0: no KD target)
+    kd_head: bool = True  # LN + Linear CLS → target (S-SMKE); False: the CLS itself regresses it (MM-D2V2)
+    image_prenet: int = 0  # blocks run inside the image front end (Data2Vec2: its 2 prenet blocks)
+    freeze_image_frontend: bool = False  # patch embedding + prenet frozen, as the original ran them (no_grad)
     num_classes: int = 0  # SHRe class head (KL on teacher logits); 0: none
     eps: float = 1e-6
 
@@ -59,6 +70,10 @@ class StudentConfig:
             raise ConfigError(f"student: width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"student: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if not self.kd_head and self.kd_dim not in (0, self.width):
+            raise ConfigError(f"student: without a KD head the CLS (width {self.width}) regresses the target itself, "
+                              f"but the target has {self.kd_dim} dims; whiten it to the student's width "
+                              "(teacher.whiten=true) or use a preset with a KD head (smke)")
 
     @property
     def n_specific(self) -> int:
@@ -66,10 +81,12 @@ class StudentConfig:
 
 
 class ImageEmbedding(nn.Module):
-    """Patches → tokens, CLS first; positions on the patches only (as Data2Vec2); optional pre-block norm."""
+    """Patches → tokens, CLS first; positions on the patches only (as Data2Vec2); optional pre-block norm;
+    then the image model's ``prenet`` blocks (Data2Vec2), which belong to the front end, not to the layers."""
 
     def __init__(self, cfg: StudentConfig):
         super().__init__()
+        self.prenet = nn.ModuleList(_block(cfg, False) for _ in range(cfg.image_prenet))
         self.proj = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         grid = cfg.image_size // cfg.patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
@@ -85,7 +102,11 @@ class ImageEmbedding(nn.Module):
         x = self.proj(images).flatten(2).transpose(1, 2)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        return self.norm(torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1))
+        x = self.norm(torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1))
+        bias = self.attention_bias() if self.prenet else None
+        for block in self.prenet:
+            x = block(x, None, bias)
+        return x
 
     def attention_bias(self) -> torch.Tensor | None:
         """[heads, T, T] relative position bias for the image blocks (BEiT-v2 initialisation), else None."""
@@ -128,34 +149,47 @@ class MultimodalStudent(nn.Module):
         # (KD head width, class head or none) the student is trained against.
         self.apply(_init_fresh)
         self.kd_head = nn.Sequential(nn.LayerNorm(cfg.width, eps=cfg.eps), nn.Linear(cfg.width, cfg.kd_dim)) \
-            if cfg.kd_dim else None
+            if cfg.kd_dim and cfg.kd_head else None
         self.class_head = nn.Linear(cfg.width, cfg.num_classes) if cfg.num_classes else None
         for head in (self.kd_head, self.class_head):
             if head is not None:
                 head.apply(_init_fresh)
+        if cfg.freeze_image_frontend:
+            self.image_embed.requires_grad_(False)
         self.grad_checkpointing = False  # recompute block activations in backward: memory for compute
 
     def features(self, x: torch.Tensor, modality: str, key_padding: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, D] output of the last block for one modality (image: ``bias`` is an optional position bias)."""
-        for layer in self.specific:
-            x = self._run(layer, x, modality, key_padding, bias)
-        if self.cfg.type_embedding:
-            x = x + self.type_scale * self.type_embed[0 if modality == "image" else 1]
-        for block in self.shared:
-            x = self._run(block, x, key_padding)
-        return x
+                 bias: torch.Tensor | None = None, return_hidden: bool = False):
+        """[B, T, D] output of the last block for one modality (image: ``bias`` is an optional position bias).
 
-    def _run(self, module: nn.Module, *args):
+        ``return_hidden``: also the last block's FFN hidden pre-activation [B, T, mlp width] (S-SMKE's second
+        ITC feature is its CLS row)."""
+        hidden = None
+        blocks = [(layer, (modality, key_padding, bias)) for layer in self.specific]
+        blocks += [(block, (key_padding,)) for block in self.shared]
+        for i, (module, args) in enumerate(blocks):
+            if i == len(self.specific) and self.cfg.type_embedding:
+                x = x + self.type_scale * self.type_embed[0 if modality == "image" else 1]
+            if return_hidden and i == len(blocks) - 1:
+                x, hidden = self._run(module, x, *args, return_hidden=True)
+            else:
+                x = self._run(module, x, *args)
+        return (x, hidden) if return_hidden else x
+
+    def _run(self, module: nn.Module, *args, **kwargs):
         if self.grad_checkpointing and self.training:
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
+            return checkpoint(module, *args, use_reentrant=False, **kwargs)
+        return module(*args, **kwargs)
 
-    def image_cls(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(self.image_embed(images), "image", bias=self.image_embed.attention_bias())[:, 0]
+    def image_cls(self, images: torch.Tensor, return_hidden: bool = False):
+        out = self.features(self.image_embed(images), "image", bias=self.image_embed.attention_bias(),
+                            return_hidden=return_hidden)
+        return (out[0][:, 0], out[1][:, 0]) if return_hidden else out[:, 0]
 
-    def text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.features(self.text_embed(input_ids), "text", key_padding=attention_mask == 0)[:, 0]
+    def text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False):
+        out = self.features(self.text_embed(input_ids), "text", key_padding=attention_mask == 0,
+                            return_hidden=return_hidden)
+        return (out[0][:, 0], out[1][:, 0]) if return_hidden else out[:, 0]
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_cls(images).float(), dim=-1)
@@ -164,12 +198,15 @@ class MultimodalStudent(nn.Module):
         return F.normalize(self.text_cls(input_ids, attention_mask).float(), dim=-1)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-        """Everything the losses need: retrieval embeddings, KD-head and class-head outputs per modality."""
+        """Everything the losses need, per modality: the retrieval embedding (``_emb``), the last block's FFN
+        hidden CLS (``_hidden``), the KD output (``_kd``: the head's, or the CLS itself) and class logits."""
         out = {}
-        for name, cls in (("image", self.image_cls(images)), ("text", self.text_cls(input_ids, attention_mask))):
+        for name, (cls, hidden) in (("image", self.image_cls(images, return_hidden=True)),
+                                    ("text", self.text_cls(input_ids, attention_mask, return_hidden=True))):
             out[f"{name}_emb"] = F.normalize(cls, dim=-1)
-            if self.kd_head is not None:
-                out[f"{name}_kd"] = self.kd_head(cls)
+            out[f"{name}_hidden"] = hidden
+            if self.cfg.kd_dim:
+                out[f"{name}_kd"] = self.kd_head(cls) if self.kd_head is not None else cls
             if self.class_head is not None:
                 out[f"{name}_logits"] = self.class_head(cls)
         return out

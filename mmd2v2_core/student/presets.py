@@ -29,13 +29,17 @@ from ..errors import ConfigError
 from .model import MultimodalStudent, StudentConfig
 
 ARCHS = {
-    "mmd2v2_6": dict(depth=6, n_shared=1),
-    "mmd2v2_7": dict(depth=7, n_shared=1),
-    "mmd2v2_7_2": dict(depth=7, n_shared=2),
-    # S-SMKE: the original code's shared block is pre-LN with LayerScale 0.2.
-    "smke": dict(depth=7, n_shared=1, type_embedding=True, shared_norm_first=True, shared_layer_scale=0.2),
+    # MM-D2V2 has no KD head: its final CLS regresses the teacher target directly (the seed's loss).
+    "mmd2v2_6": dict(depth=6, n_shared=1, kd_head=False),
+    "mmd2v2_7": dict(depth=7, n_shared=1, kd_head=False),
+    "mmd2v2_7_2": dict(depth=7, n_shared=2, kd_head=False),
+    # S-SMKE: the original code's shared block is pre-LN with LayerScale 0.2; LN + Linear regression head.
+    "smke": dict(depth=7, n_shared=1, type_embedding=True, shared_norm_first=True, shared_layer_scale=0.2,
+                 kd_head=True),
 }
-# kd_dim: width of the size's default teacher target (BEiT-v2 CLS; EfficientNet-Lite0 pooled features).
+# kd_dim: width of the size's default teacher target for presets with a KD head (BEiT-v2 CLS; EfficientNet-Lite0
+# pooled features). Presets without one regress a target of the student's own width (whitened to it where the
+# teacher's is wider: teacher.whiten).
 SIZES = {
     "real": dict(width=768, heads=12, image_size=224, patch_size=16, kd_dim=768),
     "embedded": dict(width=128, heads=4, image_size=64, patch_size=8, kd_dim=1280, max_text_len=48),
@@ -44,6 +48,8 @@ SIZES = {
 }
 # (depth, n_shared) of each layout at embedded size: fewer modality-specific layers, same pattern.
 EMBEDDED_LAYOUTS = {"mmd2v2_6": (3, 1), "mmd2v2_7": (4, 1), "mmd2v2_7_2": (4, 2), "smke": (4, 1)}
+# The image front end of the real size: Data2Vec2's patch embedding and its 2 prenet blocks, frozen.
+REAL_FRONTEND = dict(image_prenet=2, freeze_image_frontend=True)
 # Which registered models initialise each side, and which tokenizer the text side then needs.
 INIT = {
     ("real", "mmd2v2"): ("d2v2-image", "d2v2-text", "a converted Data2Vec2 tokenizer folder (GPT-2 BPE + dict.txt)"),
@@ -77,7 +83,10 @@ def get_preset(arch: str, size: str = "embedded", **overrides) -> Preset:
     layout = ARCHS[arch]
     if size == "embedded":
         layout = {**layout, "depth": EMBEDDED_LAYOUTS[arch][0], "n_shared": EMBEDDED_LAYOUTS[arch][1]}
-    cfg = StudentConfig(**layout, **SIZES[size], vocab_size=VOCAB.get(text_init, 30522))
+    fields = {**layout, **SIZES[size], **(REAL_FRONTEND if image_init == "d2v2-image" else {})}
+    if not fields["kd_head"]:
+        fields["kd_dim"] = fields["width"]
+    cfg = StudentConfig(**fields, vocab_size=VOCAB.get(text_init, 30522))
     try:
         cfg = replace(cfg, **overrides)
     except TypeError as exc:
@@ -98,12 +107,42 @@ def build_student(preset: Preset, init: bool = True, weights: dict | None = None
         if preset.image_init:
             source = create_teacher(preset.image_init, weights.get("image"), folder=weights_dir)
             picks = init_image_from_timm(student, source.model, preset.image_init, layers)
-            report["image"] = f"{preset.image_init} blocks {picks}"
+            report["image"] = _describe_image_init(preset, picks)
         if preset.text_init:
             source = create_teacher(preset.text_init, weights.get("text"), folder=weights_dir)
             picks = init_text_from_hf(student, source.model, preset.text_init, layers)
             report["text"] = f"{preset.text_init} layers {picks}"
+            if preset.config.attention == "shared":
+                report["text"] += " (norms and FFN; the shared attention is the image model's)"
     return student, report
+
+
+def _describe_image_init(preset: Preset, picks: list[int]) -> str:
+    cfg = preset.config
+    frontend = "patch embedding" + (f" + prenet blocks 0–{cfg.image_prenet - 1}" if cfg.image_prenet else "")
+    main = "main blocks" if cfg.image_prenet else "blocks"
+    return (f"{preset.image_init} {main} {picks}; front end = {frontend}"
+            f"{' (frozen)' if cfg.freeze_image_frontend else ''}")
+
+
+def layer_map(preset: Preset) -> dict:
+    """Which source block lands in which part of the student (first-N selection), and what is frozen."""
+    cfg = preset.config
+    picks = range(cfg.n_specific)
+    image_src = preset.image_init or "random"
+    main = "main block" if cfg.image_prenet else "block"
+    return {
+        "image_frontend": {"parts": ["patch embedding"] + [f"{image_src} prenet block {i}"
+                                                           for i in range(cfg.image_prenet)],
+                           "frozen": cfg.freeze_image_frontend},
+        "image_layers": [f"{image_src} {main} {i}" if preset.image_init else "random" for i in picks],
+        "text_layers": [f"{preset.text_init} layer {i}" if preset.text_init else "random" for i in picks],
+        "shared_attention_from": ("image model" if cfg.attention == "shared" else None),
+        "shared_blocks": cfg.n_shared,
+        "type_embedding": cfg.type_embedding,
+        "kd_head": f"LayerNorm + Linear {cfg.width} → {cfg.kd_dim}" if cfg.kd_head and cfg.kd_dim else
+        "none (the final CLS regresses the target)",
+    }
 
 
 def parameter_summary(student: MultimodalStudent) -> dict[str, int]:
@@ -120,7 +159,7 @@ def parameter_summary(student: MultimodalStudent) -> dict[str, int]:
         return total
 
     parts = {
-        "image_embedding": count(student.image_embed),
+        "image_frontend": count(student.image_embed),
         "text_embedding": count(student.text_embed),
         "image_blocks": count(*[layer.image for layer in student.specific]),
         "text_blocks": count(*[layer.text for layer in student.specific]),
@@ -131,6 +170,7 @@ def parameter_summary(student: MultimodalStudent) -> dict[str, int]:
     }
     parts["total"] = sum(parts.values())
     parts["trainable"] = sum(p.numel() for p in {id(p): p for p in student.parameters()}.values() if p.requires_grad)
+    parts["frozen"] = parts["total"] - parts["trainable"]
     return parts
 
 
@@ -141,4 +181,4 @@ def summarize(arch: str, size: str, **overrides) -> dict:
         student = MultimodalStudent(preset.config)
     return {"preset": arch, "size": size, "config": student.config_dict(), "image_init": preset.image_init or "random",
             "text_init": preset.text_init or "random", "tokenizer": preset.tokenizer,
-            "parameters": parameter_summary(student)}
+            "layers": layer_map(preset), "parameters": parameter_summary(student)}

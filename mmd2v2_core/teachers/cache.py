@@ -213,6 +213,10 @@ class TargetCache:
     def __len__(self) -> int:
         return self.meta["items"]
 
+    def all(self) -> torch.Tensor:
+        """float32 [N, D]: every target, in the split's order (e.g. to fit a whitening on the training targets)."""
+        return torch.from_numpy(np.concatenate([np.asarray(shard) for shard in self.shards]).astype(np.float32))
+
     def lookup(self, image_ids) -> torch.Tensor:
         """float32 [B, D] targets of these image ids."""
         size = self.meta["shard_size"]

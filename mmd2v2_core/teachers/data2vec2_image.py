@@ -86,7 +86,7 @@ class Data2Vec2ImageArch:
 
 
 BASE = Data2Vec2ImageArch()
-TINY = Data2Vec2ImageArch(embed_dim=32, depth=3, num_heads=2, prenet_depth=2)
+TINY = Data2Vec2ImageArch(embed_dim=32, depth=5, num_heads=2, prenet_depth=2)
 
 
 class PostNormBlock(Block):
@@ -127,6 +127,8 @@ def _build(arch: Data2Vec2ImageArch, num_classes: int = 0) -> VisionTransformer:
     with torch.no_grad():
         model.pos_embed.copy_(sincos_positions(grid, arch.embed_dim).unsqueeze(0))
     model.pos_embed.requires_grad_(False)  # fixed in the original, never trained
+    model.fixed_pos_embed = True  # so a student initialised from it keeps them fixed too
+    model.prenet_depth = arch.prenet_depth  # blocks[:prenet_depth] are the image-specific prenet (students need it)
     model.pretrained_cfg = {
         "architecture": "data2vec2_image", "input_size": (3, arch.img_size, arch.img_size),
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,  # fairseq's MaeImageDataset normalisation
@@ -137,7 +139,7 @@ def _build(arch: Data2Vec2ImageArch, num_classes: int = 0) -> VisionTransformer:
 
 
 def build_data2vec2_image(tiny: bool = False, img_size: int = 224, num_classes: int = 0) -> nn.Module:
-    """Random-init Data2Vec2-image ViT-B/16 (tiny: width 32, 2 prenet + 1 shared block, 2 heads)."""
+    """Random-init Data2Vec2-image ViT-B/16 (tiny: width 32, 2 prenet + 3 shared blocks, 2 heads)."""
     return _build(replace(TINY if tiny else BASE, img_size=img_size), num_classes)
 
 

@@ -4,8 +4,8 @@ Kinds (``TARGET_KINDS``):
 
 * ``cls``          final-layer CLS after the final norm — the thesis' BEiT-v2 target (``forward_features(x)[:, 0]``)
 * ``cls_prenorm``  final-layer CLS before the final norm (the original code replaced BEiT's norm by Identity)
-* ``mean``         mean of the final patch/word tokens (prefix tokens and padding excluded); the seed's
-                   Data2Vec2-teacher configuration used this (``target_agg: mean``)
+* ``mean``         mean of all final tokens, CLS included, padding excluded — as the original code averaged them;
+                   the seed's Data2Vec2-teacher configuration used this (``target_agg: mean``)
 * ``layer_avg``    data2vec-style: each of the top-k blocks' outputs instance-normalised over the tokens,
                    averaged over the blocks, then averaged over the tokens (what data2vec 2.0's CLS loss regresses)
 * ``pooled``       the model's pooled features: CLS for transformers, global average pool for CNNs
@@ -60,9 +60,9 @@ def compute_target(out: TeacherOutput, kind: str, top_k: int = 8, n_prefix: int 
         return out.tokens[:, 0].float()
     if kind == "cls_prenorm":
         return out.tokens_prenorm[:, 0].float()
-    mask = _token_mask(out, n_prefix)
     if kind == "mean":
-        return _masked_mean(out.tokens.float(), mask)
+        return _masked_mean(out.tokens.float(), _token_mask(out, 0))
+    mask = _token_mask(out, n_prefix)
     layers = out.layers[-top_k:]
     averaged = torch.stack([_instance_norm(layer.float(), mask) for layer in layers]).mean(0)
     return _masked_mean(averaged, mask)

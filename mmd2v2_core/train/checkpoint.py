@@ -134,7 +134,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
 
 # Settings a resumed run must share with its checkpoint: they decide which weights exist and what they mean.
 STRUCTURAL_KEYS = ("student.preset", "student.size", "student.attention", "student.depth", "student.n_shared",
-                   "loss.kd", "teacher.name", "teacher.target")
+                   "loss.kd", "loss.itc_hidden", "teacher.name", "teacher.target", "teacher.whiten")
 
 
 def check_compatible(path: Path, config: dict) -> None:

@@ -26,15 +26,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig, student_overrides, to_dict, to_yaml
-from ..data.datasets import RetrievalSplit
+from ..data.datasets import ImageSet, RetrievalSplit
 from ..data.index import read_log_lines, read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import ConfigError, KitError, clean_worker_errors
 from ..eval.embed import embed_split
 from ..eval.retrieval import recall_at_k
-from ..losses import (LearnableTemperature, TeacherMemoryBank, contrastive_distillation_loss, gather_no_grad,
-                      itc_loss, kd_regression_loss, shre_kd_loss)
+from ..losses import (LearnableTemperature, TeacherMemoryBank, contrastive_distillation_terms, gather_no_grad,
+                      itc_loss, kd_regression_terms, shre_kd_terms)
 from ..progress import progress
 from ..student.init import freeze_embeddings
 from ..student.presets import build_student, get_preset
@@ -42,6 +42,7 @@ from ..teachers.cache import TargetCache, dataset_fingerprint, fingerprint
 from ..teachers.inspect import preprocess_of
 from ..teachers.registry import create_teacher
 from ..teachers.targets import compute_target
+from ..teachers.whitening import TargetWhitening
 from .checkpoint import (check_compatible, find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint,
                          set_rng_state)
 from .data import StepSampler, TrainPairs, View, skipped_images
@@ -64,27 +65,44 @@ class TrainResult:
 
 
 class Objective(nn.Module):
-    """The trainable state beside the student: temperatures and the teacher memory bank."""
+    """Every recipe's loss in one place, and the trainable state beside the student (temperatures, memory bank).
+
+    Terms (each logged): ``kd_image`` / ``kd_text`` (the image's and the caption's KD term), ``kd`` (MSE/cosine:
+    their sum, as the seed's MM-D2V2; cdl and shre: their mean, as the original S-SMKE / SHRe), ``itc`` (with
+    ``loss.itc_hidden`` the mean of ``itc_final`` and ``itc_hidden``, each with its own learnable temperature, as
+    the original S-SMKE code), and ``loss`` = kd_weight·kd + itc_weight·itc.
+    """
 
     def __init__(self, cfg: TrainConfig, target_dim: int):
         super().__init__()
         self.cfg = cfg.loss
         self.itc_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale)
-        self.kd_scale = LearnableTemperature()  # optimised (the original code's never was)
+        self.itc_hidden_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale) if cfg.loss.itc_hidden \
+            else None
+        self.kd_scale = LearnableTemperature(learnable=cfg.loss.kd_temperature == "learned")
         self.bank = TeacherMemoryBank(cfg.loss.memory_bank, target_dim, torch.Generator().manual_seed(cfg.optim.seed)) \
             if cfg.loss.kd == "cdl" and cfg.loss.memory_bank else None
 
     def forward(self, out: dict, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:
         c, terms = self.cfg, {}
         if c.kd in ("mse", "cosine"):
-            terms["kd"] = kd_regression_loss(out["image_kd"], out["text_kd"], targets, c.kd)
+            terms["kd_image"], terms["kd_text"] = kd_regression_terms(out["image_kd"], out["text_kd"], targets, c.kd)
+            terms["kd"] = terms["kd_image"] + terms["kd_text"]
         elif c.kd == "cdl":
             bank = self.bank.entries() if self.bank is not None else None
-            terms["kd"] = contrastive_distillation_loss(out["image_kd"], out["text_kd"], targets, self.kd_scale(), bank)
+            gather = bank is None or c.bank_negatives == "global"
+            terms["kd_image"], terms["kd_text"] = contrastive_distillation_terms(
+                out["image_kd"], out["text_kd"], targets, self.kd_scale(), bank, gather)
+            terms["kd"] = 0.5 * (terms["kd_image"] + terms["kd_text"])
         elif c.kd == "shre":
-            terms["kd"] = shre_kd_loss(out["image_logits"], out["text_logits"], targets)
+            terms["kd_image"], terms["kd_text"] = shre_kd_terms(out["image_logits"], out["text_logits"], targets)
+            terms["kd"] = 0.5 * (terms["kd_image"] + terms["kd_text"])
         if c.itc_weight:
             terms["itc"] = itc_loss(out["image_emb"], out["text_emb"], self.itc_scale())
+            if self.itc_hidden_scale is not None:
+                terms["itc_final"] = terms["itc"]
+                terms["itc_hidden"] = itc_loss(out["image_hidden"], out["text_hidden"], self.itc_hidden_scale())
+                terms["itc"] = 0.5 * (terms["itc_final"] + terms["itc_hidden"])
         terms["loss"] = c.kd_weight * terms.get("kd", 0.0) + c.itc_weight * terms.get("itc", 0.0)
         return terms
 
@@ -119,13 +137,18 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
     return torch.device(want)
 
 
+# Parameters without weight decay besides biases and norms (all 1-D): token, position and type embeddings, CLS
+# tokens, temperatures — the original's "no decay for 1-D, bias, *embeddings*"; the patch-embedding convolution
+# (``image_embed.proj``) is a weight like any other and decays, as it did there.
+NO_DECAY = ("pos_embed", "cls_token", "type_", "text_embed.position", "text_embed.word", "log_scale")
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings, CLS/type tokens, temperatures (thesis recipe)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        plain = p.ndim < 2 or any(k in name for k in ("embed", "cls_token", "type_", "position", "word", "log_scale"))
+        plain = p.ndim < 2 or any(k in name for k in NO_DECAY)
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -162,9 +185,34 @@ class _Targets:
             probe = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=device)
             self.dim = compute_target(self.teacher(probe), cfg.teacher.target, cfg.teacher.top_k).shape[1]
 
+        self.whitening = None
+
     @property
     def view(self) -> View | None:
         return None if self.teacher is None else View(self.preprocess.size, self.preprocess.mean, self.preprocess.std)
+
+    def whiten_to(self, dim: int, records) -> None:
+        """Fit the whitening on the training targets: all of the cache, or the online teacher's on the first
+        ``teacher.whiten_sample`` training images (un-augmented view, a fixed choice: resumes refit the same)."""
+        if self.cache is not None:
+            raw = self.cache.all()
+        else:
+            sample = ImageSet(records[:self.cfg.teacher.whiten_sample], eval_transform(self.preprocess))
+            with torch.no_grad():
+                raw = torch.cat([self._teacher_targets(batch["image"]).cpu()
+                                 for batch in clean_worker_errors(DataLoader(sample, batch_size=64))])
+        self.whitening = TargetWhitening.fit(self._normalized(raw), dim).to(self.device)
+        self.dim = dim
+
+    def _teacher_targets(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.teacher(images.to(self.device))
+        return compute_target(out, self.cfg.teacher.target, self.cfg.teacher.top_k,
+                              getattr(self.teacher.model, "num_prefix_tokens", 1)).float()
+
+    def _normalized(self, target: torch.Tensor) -> torch.Tensor:
+        if self.cfg.teacher.normalize and self.cfg.loss.kd != "shre":  # logits keep their scale
+            target = torch.nn.functional.layer_norm(target, target.shape[-1:])
+        return target
 
     def __call__(self, batch: dict) -> torch.Tensor | None:
         if self.cache is not None:
@@ -173,12 +221,9 @@ class _Targets:
             return None
         else:
             with torch.no_grad():
-                out = self.teacher(batch["teacher_image"].to(self.device))
-                target = compute_target(out, self.cfg.teacher.target, self.cfg.teacher.top_k,
-                                        getattr(self.teacher.model, "num_prefix_tokens", 1)).float()
-        if self.cfg.teacher.normalize and self.cfg.loss.kd != "shre":  # logits keep their scale
-            target = torch.nn.functional.layer_norm(target, target.shape[-1:])
-        return target
+                target = self._teacher_targets(batch["teacher_image"])
+        target = self._normalized(target)
+        return self.whitening(target) if self.whitening is not None else target
 
 
 def _collate(tokenizer: CaptionTokenizer):
@@ -275,6 +320,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     out_dir = Path(cfg.run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = _Targets(cfg, device)
+    records = read_split(cfg.data.root, cfg.data.train_split)
+    width = get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student)).config.width
+    if cfg.teacher.whiten and targets.dim:
+        targets.whiten_to(width, records)
     # After the teacher (whose construction may draw random numbers): the student's initial weights depend
     # on the seed and architecture only — the same on every rank, and with any teacher or none.
     torch.manual_seed(cfg.optim.seed)
@@ -291,7 +340,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=preset.config.max_text_len)
     s_cfg = preset.config
     view = ImageTransformConfig(size=s_cfg.image_size)
-    records = read_split(cfg.data.root, cfg.data.train_split)
     dataset = TrainPairs(records, cfg.data.crop_scale, cfg.data.hflip, View(view.size, view.mean, view.std),
                          targets.view, cfg.optim.seed, skipped_log=out_dir / SKIPPED_LOG)
     val_split = RetrievalSplit.from_index(cfg.data.root, cfg.data.val_split)

@@ -18,12 +18,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmd2v2_core.errors import DataError
+from mmd2v2_core.student.init import init_image_from_timm
+from mmd2v2_core.student.model import MultimodalStudent, StudentConfig
 from mmd2v2_core.teachers.base import MissingWeights, timm_outputs
 from mmd2v2_core.teachers.data2vec2_image import (build_data2vec2_image, convert_data2vec2_image,
                                                   load_data2vec2_image)
 
 IMG = "modality_encoders.IMAGE."
-DIM, HEADS, PATCH, SIZE, PRENET, SHARED, HIDDEN = 32, 2, 8, 32, 2, 1, 64
+DIM, HEADS, PATCH, SIZE, PRENET, SHARED, HIDDEN = 32, 2, 8, 32, 2, 3, 64
 BLOCK = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
          "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
 
@@ -169,6 +171,28 @@ def test_converted_model_computes_the_original_forward(original):
     torch.testing.assert_close(out.pooled, expected[:, 0], atol=1e-5, rtol=1e-5)
 
 
+def test_student_layers_are_the_main_blocks_after_a_frozen_prenet(original):
+    """As the original MM-D2V2 and S-SMKE: front end = patch embedding + prenet blocks (frozen), and the student's
+    image layer k = main block k — checked against the original architecture's own forward."""
+    model = load_data2vec2_image(original)
+    cfg = StudentConfig(width=DIM, heads=HEADS, mlp_ratio=HIDDEN / DIM, image_size=SIZE, patch_size=PATCH,
+                        depth=SHARED, n_shared=0, norm_first=False, kd_dim=0, image_prenet=PRENET,
+                        freeze_image_frontend=True)
+    student = MultimodalStudent(cfg).eval()
+    assert init_image_from_timm(student, model, "d2v2-image") == list(range(SHARED))
+    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    _, reference = reference_forward(original_state(), images)
+    with torch.no_grad():
+        x = student.image_embed(images)
+        torch.testing.assert_close(x, reference[PRENET - 1], atol=1e-5, rtol=1e-5)
+        for k, layer in enumerate(student.specific):
+            x = layer(x, "image")
+            torch.testing.assert_close(x, reference[PRENET + k], atol=1e-5, rtol=1e-5)
+    frozen = {name for name, p in student.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in student.image_embed.named_parameters(prefix="image_embed")}
+    assert any(name.startswith("image_embed.prenet.1.") for name in frozen)
+
+
 def test_pt_and_safetensors_load_the_same_model(original, tmp_path):
     converted = convert_data2vec2_image(original, tmp_path / "d2v2.safetensors")
     images = torch.randn(1, 3, SIZE, SIZE)
@@ -187,7 +211,8 @@ def test_random_init_model_has_the_architecture():
     assert model.pretrained_cfg["std"] == (0.229, 0.224, 0.225)
     final, layers = model.eval().forward_intermediates(torch.randn(1, 3, 224, 224), return_prefix_tokens=True,
                                                        output_fmt="NLC")
-    assert final.shape == (1, 197, 32) and len(layers) == 3 and layers[0][1].shape == (1, 1, 32)
+    assert final.shape == (1, 197, 32) and len(layers) == 5 and layers[0][1].shape == (1, 1, 32)
+    assert model.prenet_depth == 2
     with torch.device("meta"):
         base = build_data2vec2_image()
     assert (len(base.blocks), base.embed_dim, base.blocks[0].attn.num_heads) == (12, 768, 12)

@@ -25,11 +25,11 @@ def test_cls_kinds_and_logits():
     assert torch.equal(compute_target(out, "pooled"), out.pooled)
 
 
-def test_mean_excludes_prefix_and_padding():
+def test_mean_includes_the_cls_token_as_the_original_and_excludes_padding():
     out = _out(with_mask=True)
     mean = compute_target(out, "mean")
-    assert torch.allclose(mean[0], out.tokens[0, 1:3].mean(0))  # CLS and the pad excluded
-    assert torch.allclose(mean[1], out.tokens[1, 1:].mean(0))
+    assert torch.allclose(mean[0], out.tokens[0, :3].mean(0))  # CLS in, the pad out
+    assert torch.allclose(mean[1], out.tokens[1].mean(0))
 
 
 def test_layer_average_of_instance_normalised_layers():
