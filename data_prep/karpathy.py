@@ -33,6 +33,8 @@ def read_json(path: Path) -> object:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; give the JSON file itself") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -35,8 +35,12 @@ class ImageRecord:
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk, or a folder at ``path``: no hidden temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # named after the file the user knows
 
 
 def read_log_lines(path: Path) -> list[dict]:

@@ -63,6 +63,12 @@ def test_cuda_without_a_gpu(smoke, tmp_path, cli):
     assert not (tmp_path / "run").exists()
 
 
+def test_evaluation_on_a_device_this_machine_lacks(smoke, tmp_path, cli):
+    """`eval retrieval --device` names the option and the device, before the checkpoint is even read."""
+    out = cli("eval", "retrieval", "--checkpoint", tmp_path / "none", "--data", smoke, "--device", ABSENT_GPU)
+    assert_clear_error(out, "--device", ABSENT_GPU, "CUDA device")
+
+
 SPLIT_CASES = {
     # case: (override, words the error must contain)
     "train split smaller than one batch": ("optim.batch_size=4096", ["optim.batch_size=4096", "training pairs",
