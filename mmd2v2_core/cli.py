@@ -33,9 +33,12 @@ def _data_karpathy(args: argparse.Namespace) -> None:
 
     check_output(args.out, "--out")
     manifest = index_karpathy(args.json, args.images, args.out, on_bad_image=args.on_bad_image,
-                              verify=args.verify, merge_restval=not args.keep_restval, workers=args.workers)
+                              verify=args.verify, merge_restval=not args.keep_restval, workers=args.workers,
+                              allow_outside_root=args.allow_images_outside_root)
     for split, n in manifest["splits"].items():
         print(f"{manifest['dataset']} {split}: {n['images']:,} images, {n['captions']:,} captions")
+    for note in manifest["notes"]:
+        print(f"note: {note}")
     if manifest["dropped"]:
         print(f"dropped {len(manifest['dropped'])} bad images, listed in {Path(args.out) / 'dropped.json'}")
 
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     karpathy.add_argument("--verify", choices=("decode", "header", "exists"), default="decode",
                           help="how hard to check each image (decode catches truncated files)")
     karpathy.add_argument("--keep-restval", action="store_true", help="keep COCO 'restval' as its own split")
+    karpathy.add_argument("--allow-images-outside-root", action="store_true",
+                          help="let file names in the JSON lead outside --images ('../…', absolute paths)")
     karpathy.add_argument("--workers", type=_at_least(0), default=None, help="image-checking threads")
     karpathy.set_defaults(func=_data_karpathy)
 
