@@ -1,7 +1,8 @@
 """The ``mmd2v2`` command: ``data synth|karpathy``, ``teachers list|inspect``, ``targets``, ``report tables``, ``study``.
 
 Errors the user can fix (``KitError``, a bad option, a full or read-only disk) are printed as one line
-naming the file, field, key or option, with exit status 2. Anything else is a bug and keeps its traceback.
+naming the file, field, key or option, with exit status 2; Ctrl-C ends with one line and status 130
+(training first saves a checkpoint). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -104,16 +105,21 @@ def _model_summary(args: argparse.Namespace) -> None:
         print(f"  {part:<16}{n:>14,}")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int | None:
     from .config import load_config, to_yaml
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
-    from .train.loop import train
+    from .train.loop import TrainingInterrupted, train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except TrainingInterrupted as exc:  # Ctrl-C saved the run: say how to finish it
+        again = "the same command" + ("" if cfg.run.resume == "latest" else " with run.resume=latest")
+        print(f"error: {exc}. To continue, run {again}", file=sys.stderr)
+        return 130
     last = result.val_history[-1] if result.val_history else {}
     print(f"{result.out_dir}: step {result.step}{' (stopped by SIGTERM)' if result.stopped_early else ''}, "
           f"val mean recall {last.get('mean', float('nan')):.2f}, best checkpoint {result.best_checkpoint}")
@@ -322,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {f'{exc.filename}: ' if exc.filename else ''}{exc.strerror}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
