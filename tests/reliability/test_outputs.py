@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import shutil
 
 import pytest
 from safetensors import SafetensorError
@@ -61,7 +62,7 @@ def test_output_folder_that_is_a_file(smoke, tmp_path, cli, command):
 
 @pytest.mark.parametrize("command", ["train run.out_dir", "data karpathy --out", "eval retrieval --out"])
 def test_output_whose_parent_is_a_file(smoke, tmp_path, cli, command):
-    """An output inside a file (`notes.txt/run`): exit 2 naming the path and the file in the way."""
+    """An output inside a file (`notes.txt/out`): exit 2 naming the path and the file in the way."""
     args, name = {"eval retrieval --out": (_eval, "--out"), **FOLDER_OUTPUTS}[command]
     blocker = tmp_path / "notes.txt"
     blocker.write_text("my notes\n")
@@ -108,7 +109,8 @@ BAD_COUNTS = {
 
 @pytest.mark.parametrize("case", list(BAD_COUNTS))
 def test_impossible_option_is_one_error_line(smoke, tmp_path, cli, case):
-    """A count below its minimum, or not a number: one `error:` line naming the command and the option."""
+    """A count below its minimum, not a number, or a required option missing: one `error:` line naming the
+    command and the option."""
     args, words = BAD_COUNTS[case]
     assert_clear_error(cli(*args(smoke, tmp_path)), *words)
     assert not any(p.name in ("o", "c", "r.json") for p in tmp_path.iterdir())
@@ -138,14 +140,16 @@ def test_output_on_a_read_only_disk(smoke, read_only, cli, command):
 
 
 def test_disk_full_during_a_checkpoint_save(smoke, tmp_path, cli, monkeypatch):
-    """The disk fills while step 4's weights are written (safetensors' own error, as on a real full disk): exit 2
-    saying so and naming the intact checkpoint; no hidden half checkpoint; once there is space, it resumes."""
-    real, calls = ckpt_module.save_model, {"n": 0}
+    """The disk fills while step 4's weights are written (safetensors' own error and no free byte, as on a real full
+    disk): exit 2 saying so and naming the intact checkpoint; no hidden half checkpoint; once there is space, it
+    resumes."""
+    real, real_usage, calls = ckpt_module.save_model, shutil.disk_usage, {"n": 0}
 
     def filling_up(model, filename, *a, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             pathlib.Path(filename).write_bytes(b"\0" * 4096)
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=0))
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real(model, filename, *a, **kw)
 
@@ -153,11 +157,13 @@ def test_disk_full_during_a_checkpoint_save(smoke, tmp_path, cli, monkeypatch):
     run = tmp_path / "run"
     args = _train(smoke, run, "optim.steps=4", "run.checkpoint_every=2", "run.val_every=100", "run.val_at_start=false")
     out = cli(*args)
-    assert_clear_error(out, "step_0000004", "checkpoint not saved", "no space left", "step_0000002, is intact")
+    assert_clear_error(out, "step_0000004", "checkpoint not saved: no space left on the disk (0 MiB free there)",
+                       "step_0000002, is intact")
     root = run / "checkpoints"
     assert (root / "latest").read_text().strip() == "step_0000002"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000002"], "a half checkpoint was left"
     monkeypatch.setattr(ckpt_module, "save_model", real)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
     assert cli(*args, "run.resume=latest").code == 0
     assert (root / "latest").read_text().strip() == "step_0000004"
 
