@@ -8,17 +8,24 @@ field of an entry (``cocoid``, the synthetic ``scene``) is carried into the inde
 
 COCO's ``restval`` split is merged into ``train`` by default (Karpathy train+restval, 113,287 images),
 which is safe: the 5K test images are disjoint from it.
+
+Entries that parse but are wrong are refused with the entry named: a caption with nothing visible in it
+(whitespace, zero-width or control characters only), an image id beyond 64 bits, two entries naming the
+same file (the duplicate would tie with itself in retrieval and bias recall), an empty ``images`` list,
+and a file name that leads outside the image folder (``../…`` or absolute): a downloaded JSON must not
+make the kit read other files, unless the user allows it (``allow_outside_root``, which is then noted).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmd2v2_core.data.images import image_problem
-from mmd2v2_core.data.index import write_index, write_text_atomic
+from mmd2v2_core.data.images import check_image
+from mmd2v2_core.data.index import escapes_root, write_index, write_text_atomic
 from mmd2v2_core.errors import DataError
 from mmd2v2_core.progress import progress
 
@@ -33,6 +40,8 @@ def read_json(path: Path) -> object:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; give the JSON file itself") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -49,7 +58,12 @@ def _expect(cond: bool, path: Path, where: str, what: str, value: object) -> Non
         raise DataError(f"{path}: {where}: expected {what}, got {type(value).__name__} {value!r:.80}")
 
 
-def validate(data: object, path: Path) -> list[dict]:
+def _visible(text: str) -> bool:
+    """Whether any character would show: not whitespace, not a control, format (zero-width) or unassigned one."""
+    return any(unicodedata.category(c)[0] not in "CZ" for c in text)
+
+
+def validate(data: object, path: Path, allow_outside_root: bool = False) -> list[dict]:
     """Check the Karpathy structure field by field; return the image entries."""
     _expect(isinstance(data, dict), path, "top level", "an object with 'images' and 'dataset'", data)
     for key in ("images", "dataset"):
@@ -57,7 +71,7 @@ def validate(data: object, path: Path) -> list[dict]:
             raise DataError(f"{path}: top level: missing field {key!r}")
     _expect(isinstance(data["dataset"], str), path, "dataset", "a string", data["dataset"])
     images = data["images"]
-    _expect(isinstance(images, list), path, "images", "a list", images)
+    _expect(isinstance(images, list) and images, path, "images", "a non-empty list", images)
     seen_ids: dict[int, int] = {}
     for i, entry in enumerate(images):
         where = f"images[{i}]"
@@ -69,8 +83,18 @@ def validate(data: object, path: Path) -> list[dict]:
                 "a non-empty string", entry["filename"])
         if "filepath" in entry:
             _expect(isinstance(entry["filepath"], str), path, f"{where}.filepath", "a string", entry["filepath"])
+        for key in ("filepath", "filename"):
+            _expect(not any(unicodedata.category(c) == "Cc" for c in entry.get(key, "")), path, f"{where}.{key}",
+                    "a name without control characters", entry.get(key))
+        if not allow_outside_root:  # both places resolve_image may look
+            for key, rel in (("filename", entry["filename"]),
+                             ("filepath", os.path.join(entry.get("filepath") or "", entry["filename"]))):
+                if escapes_root(rel):
+                    raise DataError(f"{path}: {where}.{key}: {rel!r} leads outside the image folder; "
+                                    "pass --allow-images-outside-root if that is intended")
         imgid = entry["imgid"]
         _expect(isinstance(imgid, int) and not isinstance(imgid, bool), path, f"{where}.imgid", "an integer", imgid)
+        _expect(-2**63 <= imgid < 2**63, path, f"{where}.imgid", "an integer that fits in 64 bits", imgid)
         if imgid in seen_ids:
             raise DataError(f"{path}: {where}.imgid: duplicate image id {imgid} (also images[{seen_ids[imgid]}])")
         seen_ids[imgid] = i
@@ -84,8 +108,8 @@ def validate(data: object, path: Path) -> list[dict]:
             if "raw" not in sent:
                 raise DataError(f"{path}: {swhere}: missing field 'raw'")
             _expect(isinstance(sent["raw"], str), path, f"{swhere}.raw", "a string", sent["raw"])
-            if not sent["raw"].strip():
-                raise DataError(f"{path}: {swhere}.raw: empty caption")
+            if not _visible(sent["raw"]):
+                raise DataError(f"{path}: {swhere}.raw: empty caption {sent['raw']!r:.40}")
         if "sentids" in entry:
             _expect(isinstance(entry["sentids"], list) and len(entry["sentids"]) == len(sentences), path,
                     f"{where}.sentids", f"a list of {len(sentences)} ids (one per sentence)", entry["sentids"])
@@ -114,12 +138,14 @@ def index_karpathy(
     verify: str = "decode",
     merge_restval: bool = True,
     workers: int | None = None,
+    allow_outside_root: bool = False,
 ) -> dict:
     """Validate, check every image, and write the index to ``out_dir``. Returns the manifest.
 
     ``on_bad_image='error'`` stops before writing anything if an image is missing or unreadable,
     naming how many and the first few; ``'skip'`` drops those images and lists each in the manifest
-    (``dropped``, with the reason) and in ``dropped.json``.
+    (``dropped``, with the reason) and in ``dropped.json``. Images kept but read in an unusual way (or
+    allowed outside the image folder) are summed up in the manifest's ``notes``, one line each.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -127,19 +153,32 @@ def index_karpathy(
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     data = read_json(json_path)
-    entries = validate(data, json_path)
+    entries = validate(data, json_path, allow_outside_root)
     paths = [resolve_image(e, root) for e in entries]
+    _refuse_shared_files(paths, json_path)
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        problems = list(progress(pool.map(lambda p: image_problem(p, verify), paths), total=len(paths),
-                                 desc=f"checking images ({verify})"))
-    bad = [(e, p, why) for e, p, why in zip(entries, paths, problems) if why is not None]
+        checks = list(progress(pool.map(lambda p: check_image(p, verify), paths), total=len(paths),
+                               desc=f"checking images ({verify})"))
+    bad = [(e, p, why) for e, p, (why, _) in zip(entries, paths, checks) if why is not None]
     if bad and on_bad_image == "error":
         first = "; ".join(f"{p} ({why})" for _, p, why in bad[:SHOW_FIRST])
         raise DataError(
             f"{json_path}: {len(bad)} of {len(entries)} images are missing or unreadable under {root}, "
             f"first: {first}. Fix them, or pass --on-bad-image skip to drop them."
         )
+    if len(bad) == len(entries):
+        raise DataError(f"{json_path}: none of its {len(entries)} images is readable under {root} "
+                        f"(all dropped), first: {bad[0][1]} ({bad[0][2]}); is --images the right folder?")
+    noted: dict[str, list[str]] = {}
+    for i, (path, (why, note)) in enumerate(zip(paths, checks)):
+        if why is not None:
+            continue
+        if allow_outside_root and escapes_root(os.path.relpath(path, root)):
+            noted.setdefault("lie outside the image folder (allowed by --allow-images-outside-root)", []).append(
+                f"images[{i}] {path}")
+        if note:
+            noted.setdefault(f"have {note}", []).append(f"images[{i}] {path}")
 
     bad_ids = {e["imgid"] for e, _, _ in bad}
     splits: dict[str, list[dict]] = {}
@@ -168,5 +207,18 @@ def index_karpathy(
         "verify": verify,
         "merge_restval": merge_restval,
         "dropped": dropped,
+        **({"images_outside_root": True} if allow_outside_root else {}),
+        "notes": [f"{len(where)} image(s) {what}, first: {'; '.join(where[:SHOW_FIRST])}"
+                  for what, where in noted.items()],
     }
     return write_index(out_dir, manifest, dict(sorted(splits.items())))
+
+
+def _refuse_shared_files(paths: list[Path], json_path: Path) -> None:
+    """Two entries naming one file: the image would compete with itself in retrieval (a tie that biases recall)."""
+    first: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        j = first.setdefault(os.path.normpath(path), i)
+        if j != i:
+            raise DataError(f"{json_path}: images[{i}]: same image file as images[{j}] ({path}); "
+                            "each image must appear once")

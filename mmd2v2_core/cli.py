@@ -1,21 +1,29 @@
 """The ``mmd2v2`` command: ``data synth|karpathy``, ``teachers list|inspect``, ``targets``, ``report tables``, ``study``.
 
-Errors the user can fix (``KitError``) are printed as one line naming the file, field or key, with
-exit status 2; anything else is a bug and keeps its traceback.
+Errors the user can fix (``KitError``, a bad option, a full or read-only disk) are printed as one line
+naming the file, field, key or option, with exit status 2; Ctrl-C ends with one line and status 130
+(training first saves a checkpoint). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 
 from .errors import KitError
+from .paths import check_output
+
+# What the machine, not the kit, refuses: the message names the file, no traceback needed.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 def _data_synth(args: argparse.Namespace) -> None:
     from data_prep.synth import generate
+
+    check_output(args.out, "--out")
 
     for domain, path in generate(args.out, args.profile, args.seed, args.workers, args.overwrite).items():
         print(f"{domain}: {path}")
@@ -24,10 +32,14 @@ def _data_synth(args: argparse.Namespace) -> None:
 def _data_karpathy(args: argparse.Namespace) -> None:
     from data_prep.karpathy import index_karpathy
 
+    check_output(args.out, "--out")
     manifest = index_karpathy(args.json, args.images, args.out, on_bad_image=args.on_bad_image,
-                              verify=args.verify, merge_restval=not args.keep_restval, workers=args.workers)
+                              verify=args.verify, merge_restval=not args.keep_restval, workers=args.workers,
+                              allow_outside_root=args.allow_images_outside_root)
     for split, n in manifest["splits"].items():
         print(f"{manifest['dataset']} {split}: {n['images']:,} images, {n['captions']:,} captions")
+    for note in manifest["notes"]:
+        print(f"note: {note}")
     if manifest["dropped"]:
         print(f"dropped {len(manifest['dropped'])} bad images, listed in {Path(args.out) / 'dropped.json'}")
 
@@ -69,6 +81,7 @@ def _targets(args: argparse.Namespace) -> None:
     from .teachers.inspect import preprocess_of
     from .teachers.registry import create_teacher
 
+    check_output(args.out, "--out")
     teacher = create_teacher(args.teacher, args.weights, args.tiny, args.weights_dir)
     result = build_cache(teacher, args.kind, args.data, args.split, args.out, preprocess_of(teacher, args.image_size),
                          top_k=args.top_k, batch_size=args.batch_size, shard_size=args.shard_size,
@@ -100,16 +113,21 @@ def _model_summary(args: argparse.Namespace) -> None:
         print(f"  {part:<16}{n:>14,}")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int | None:
     from .config import load_config, to_yaml
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
-    from .train.loop import train
+    from .train.loop import TrainingInterrupted, train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except TrainingInterrupted as exc:  # Ctrl-C saved the run: say how to finish it
+        again = "the same command" + ("" if cfg.run.resume == "latest" else " with run.resume=latest")
+        print(f"error: {exc}. To continue, run {again}", file=sys.stderr)
+        return 130
     last = result.val_history[-1] if result.val_history else {}
     print(f"{result.out_dir}: step {result.step}{' (stopped by SIGTERM)' if result.stopped_early else ''}, "
           f"val mean recall {last.get('mean', float('nan')):.2f}, best checkpoint {result.best_checkpoint}")
@@ -124,6 +142,8 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     from .eval.embed import evaluate_retrieval, student_inputs
     from .train.loop import load_trained_student
 
+    if args.out:
+        check_output(args.out, "--out", folder=False)
     student, cfg = load_trained_student(args.checkpoint)
     transform, tokenizer = student_inputs(student, cfg.data.tokenizer)
     result = evaluate_retrieval(student, args.data, args.split, transform, tokenizer,
@@ -145,6 +165,7 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
 def _report_tables(args: argparse.Namespace) -> None:
     from .report.tables import load_references, load_results, seed_tables, write_tables
 
+    check_output(args.out, "--out")
     tables = seed_tables(load_references(args.references), load_results(args.results))
     for path in write_tables(tables, args.out):
         print(path)
@@ -153,6 +174,9 @@ def _report_tables(args: argparse.Namespace) -> None:
 def _study(args: argparse.Namespace) -> None:
     from .runner import run_study
 
+    check_output(args.reports, "--reports")
+    if args.run_dir:
+        check_output(args.run_dir, "--run-dir")
     report = run_study(args.profile, args.run_dir, args.reports, args.only, args.start, args.params, args.notebooks)
     print(f"report: {report}")
 
@@ -163,6 +187,34 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option ends like every other user error: one ``error:`` line naming the command and option."""
+
+    def error(self, message: str):
+        raise KitError(f"{self.prog}: {message}")
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _device(text: str) -> str:
+    from .config import device_problem
+
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return ("cuda" if _cuda() else "cpu") if text == "auto" else text
+
+
 def _teacher_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None, help="the teacher's weight file or folder")
     parser.add_argument("--weights-dir", type=Path, default=None, help="folder of weight files (default: $MMD2V2_WEIGHTS_DIR or ./weights)")
@@ -170,7 +222,7 @@ def _teacher_source_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmd2v2", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="mmd2v2", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="make or prepare datasets").add_subparsers(dest="data_command", required=True)
@@ -178,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, type=Path)
     synth.add_argument("--profile", choices=("smoke", "embedded"), default="embedded")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--workers", type=int, default=None, help="render processes (default: all cores)")
+    synth.add_argument("--workers", type=_at_least(0), default=None, help="render processes (default: all cores)")
     synth.add_argument("--overwrite", action="store_true", help="replace a dataset made with other parameters")
     synth.set_defaults(func=_data_synth)
 
@@ -190,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     karpathy.add_argument("--verify", choices=("decode", "header", "exists"), default="decode",
                           help="how hard to check each image (decode catches truncated files)")
     karpathy.add_argument("--keep-restval", action="store_true", help="keep COCO 'restval' as its own split")
-    karpathy.add_argument("--workers", type=int, default=None)
+    karpathy.add_argument("--allow-images-outside-root", action="store_true",
+                          help="let file names in the JSON lead outside --images ('../…', absolute paths)")
+    karpathy.add_argument("--workers", type=_at_least(0), default=None, help="image-checking threads")
     karpathy.set_defaults(func=_data_karpathy)
 
     teachers = sub.add_parser("teachers", help="the teacher registry").add_subparsers(dest="teachers_command",
@@ -212,12 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--split", default="train")
     targets.add_argument("--out", required=True, type=Path, help="cache folder")
     targets.add_argument("--kind", default="cls", help="cls | cls_prenorm | mean | layer_avg | pooled | logits")
-    targets.add_argument("--top-k", type=int, default=8, help="layers averaged by layer_avg")
-    targets.add_argument("--image-size", type=int, default=None, help="default: the teacher's")
-    targets.add_argument("--batch-size", type=int, default=64)
-    targets.add_argument("--shard-size", type=int, default=4096)
-    targets.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    targets.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    targets.add_argument("--top-k", type=_at_least(1), default=8, help="layers averaged by layer_avg")
+    targets.add_argument("--image-size", type=_at_least(1), default=None, help="default: the teacher's")
+    targets.add_argument("--batch-size", type=_at_least(1), default=64)
+    targets.add_argument("--shard-size", type=_at_least(1), default=4096)
+    targets.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:<n> | mps")
+    targets.add_argument("--workers", type=_at_least(0), default=0, help="DataLoader workers")
     targets.add_argument("--overwrite", action="store_true", help="replace a cache made with another fingerprint")
     _teacher_source_args(targets)
     targets.set_defaults(func=_targets)
@@ -236,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--split", default="test")
     retrieval.add_argument("--out", type=Path, default=None, help="write the results JSON here")
     retrieval.add_argument("--row", default=None, help="row label in the report tables")
-    retrieval.add_argument("--batch-size", type=int, default=256)
-    retrieval.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    retrieval.add_argument("--batch-size", type=_at_least(1), default=256)
+    retrieval.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:<n> | mps")
     retrieval.set_defaults(func=_eval_retrieval)
 
     model = sub.add_parser("model", help="student presets").add_subparsers(dest="model_command", required=True)
@@ -271,13 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {f'{exc.filename}: ' if exc.filename else ''}{exc.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,14 +5,16 @@
 The same override list is a CLI argument (``mmd2v2 train --config smoke k=v …``), a papermill
 parameter and a Python argument. Presets live in ``mmd2v2_core/configs/<name>.yaml`` (or pass a YAML
 path). Every key is checked: a misspelled key names the closest valid keys, a value of the wrong type
-names the key and the expected type, and impossible values (negative learning rate, batch 0, more
-shared blocks than blocks) are refused before anything runs.
+names the key and the expected type, and impossible values (negative learning rate, batch 0, an AdamW beta
+of 1.5, a device this machine lacks, more shared blocks than blocks, a batch larger than the train split,
+an output folder that is a file) are refused, naming the key, before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .paths import output_problem
 
 
 @dataclass
@@ -115,6 +118,104 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key allows; ``ends`` marks each end closed ``[ ]`` or open ``( )``; None: unbounded."""
+
+    low: float
+    high: float | None = None
+    ends: str = "[]"
+
+    def __contains__(self, x) -> bool:
+        if not math.isfinite(x):
+            return False
+        above = x >= self.low if self.ends[0] == "[" else x > self.low
+        below = self.high is None or (x <= self.high if self.ends[1] == "]" else x < self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>=' if self.ends[0] == '[' else '>'} {self.low}"
+        return f"in {self.ends[0]}{self.low}, {self.high}{self.ends[1]}"
+
+
+def limits() -> dict[str, Range | tuple[str, ...]]:
+    """The allowed range or choices of every numeric and enumerated key (a tuple key is checked per element).
+
+    A function, not a constant: the target kinds live with their code, which imports torch. Checked
+    elsewhere in ``validate``: run.device (``device_problem``), teacher.name, student.preset and student.size
+    (their registries).
+    """
+    from .teachers.targets import TARGET_KINDS
+
+    return {
+        "data.crop_scale": Range(0, 1, "(]"),  # a share of the image's area: 0 would be no crop at all
+        "data.hflip": Range(0, 1),
+        "data.num_workers": Range(0),
+        "teacher.target": TARGET_KINDS,
+        "teacher.top_k": Range(1),
+        "teacher.whiten_sample": Range(2),
+        "teacher.image_size": Range(1),
+        "student.attention": ("separate", "shared"),
+        "student.depth": Range(1),
+        "student.n_shared": Range(0),
+        "student.layers": ("first", "every_other"),
+        "loss.kd": ("mse", "cosine", "cdl", "shre", "none"),
+        "loss.kd_weight": Range(0),
+        "loss.itc_weight": Range(0),
+        "loss.memory_bank": Range(0),
+        "loss.bank_negatives": ("local", "global"),
+        "loss.kd_temperature": ("fixed", "learned"),
+        "loss.itc_max_scale": Range(1),  # the learned scale is clamped to [1, itc_max_scale]
+        "optim.steps": Range(1),
+        "optim.batch_size": Range(1),
+        "optim.accum": Range(1),
+        "optim.lr": Range(0, None, "()"),
+        "optim.betas": Range(0, 1, "[)"),
+        "optim.eps": Range(0, None, "()"),
+        "optim.weight_decay": Range(0),
+        "optim.warmup": Range(0, 1, "[)"),
+        "optim.clip": Range(0),
+        "optim.precision": ("fp32", "bf16", "fp16"),
+        "optim.seed": Range(0, 2**32 - 1),  # what numpy and the sampler's generator accept
+        "run.checkpoint_every": Range(1),
+        "run.val_every": Range(1),
+        "run.log_every": Range(1),
+    }
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine (unknown, or absent), or None."""
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES or (index and not (kind == "cuda" and index.isdigit())):
+        return f"must be one of {', '.join(DEVICES)} or cuda:<n>"
+    import torch
+
+    n = torch.cuda.device_count() if kind == "cuda" else 0
+    if kind == "cuda" and int(index or 0) >= n:
+        return "this machine has no CUDA device; use cpu (or auto)" if n == 0 else \
+            f"this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return "this machine has no MPS device; use cpu (or auto)"
+    return None
+
+
+def _check_limit(key: str, value, rule: Range | tuple[str, ...]) -> None:
+    if value is None:  # an optional key left unset: its default applies
+        return
+    if isinstance(value, tuple):
+        for i, item in enumerate(value):
+            _check_limit(f"{key}[{i}]", item, rule)
+        return
+    if isinstance(rule, Range) and value not in rule:
+        raise ConfigError(f"{key}={value!r}: must be {rule}")
+    if isinstance(rule, tuple) and value not in rule:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(rule)}")
+
+
 def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
@@ -147,6 +248,11 @@ def _coerce(key: str, value, hint):
         return tuple(_coerce(key, v, a) for v, a in zip(value, args))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-6 (no dot) as text; the user meant a number
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. resume=123 written without quotes
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -227,44 +333,56 @@ def load_config(preset: str | Path | None = None, overrides: list[str] = ()) -> 
 
 def validate(cfg: TrainConfig) -> None:
     """Values that type-check but cannot work."""
+    for key, rule in limits().items():
+        section, name = key.split(".")
+        _check_limit(key, getattr(getattr(cfg, section), name), rule)
     o = cfg.optim
     checks = [
-        (o.steps > 0, "optim.steps must be positive"),
-        (o.batch_size > 0, "optim.batch_size must be positive"),
-        (o.accum > 0 and o.batch_size % o.accum == 0, "optim.batch_size must be a positive multiple of optim.accum"),
-        (o.lr > 0, f"optim.lr must be positive, got {o.lr}"),
-        (0 <= o.warmup < 1, "optim.warmup is a fraction of the steps, in [0, 1)"),
-        (o.weight_decay >= 0 and o.clip >= 0, "optim.weight_decay and optim.clip must not be negative"),
-        (o.precision in ("fp32", "bf16", "fp16"), f"optim.precision must be fp32, bf16 or fp16, got {o.precision!r}"),
-        (cfg.loss.kd in ("mse", "cosine", "cdl", "shre", "none"), f"loss.kd: unknown {cfg.loss.kd!r}"),
-        (cfg.loss.memory_bank >= 0, "loss.memory_bank must not be negative"),
-        (cfg.loss.bank_negatives in ("local", "global"),
-         f"loss.bank_negatives must be local or global, got {cfg.loss.bank_negatives!r}"),
-        (cfg.loss.kd_temperature in ("fixed", "learned"),
-         f"loss.kd_temperature must be fixed or learned, got {cfg.loss.kd_temperature!r}"),
-        (cfg.teacher.whiten_sample > 1, "teacher.whiten_sample must be at least 2"),
-        (cfg.loss.kd_weight >= 0 and cfg.loss.itc_weight >= 0, "loss weights must not be negative"),
+        (o.batch_size % o.accum == 0, "optim.batch_size must be a positive multiple of optim.accum"),
+        (cfg.data.crop_scale[0] <= cfg.data.crop_scale[1],
+         f"data.crop_scale={list(cfg.data.crop_scale)}: the lower end must not exceed the upper"),
         (cfg.loss.kd_weight > 0 or cfg.loss.itc_weight > 0, "at least one of loss.kd_weight, loss.itc_weight must be > 0"),
         (cfg.loss.kd == "none" or cfg.teacher.name != "none", "loss.kd needs a teacher (teacher.name is 'none')"),
-        (cfg.student.attention in ("separate", "shared"),
-         f"student.attention must be separate or shared, got {cfg.student.attention!r}"),
-        (cfg.run.checkpoint_every > 0 and cfg.run.val_every > 0 and cfg.run.log_every > 0,
-         "run.checkpoint_every, run.val_every and run.log_every must be positive"),
-        (cfg.data.num_workers >= 0, "data.num_workers must not be negative"),
-        (0 <= cfg.data.hflip <= 1, "data.hflip is a probability"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    if cfg.data.root and not (Path(cfg.data.root) / "manifest.json").is_file():
-        raise ConfigError(f"data.root={cfg.data.root!r}: no prepared dataset there (no manifest.json)")
+    problem = device_problem(cfg.run.device)
+    if problem:
+        raise ConfigError(f"run.device={cfg.run.device!r}: {problem}")
+    if cfg.data.root:
+        _check_dataset(cfg)
+    problem = output_problem(cfg.run.out_dir)
+    if problem:
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {problem}")
     if cfg.teacher.cache and not Path(cfg.teacher.cache).is_dir():
         raise ConfigError(f"teacher.cache={cfg.teacher.cache!r}: folder not found")
     if cfg.run.resume not in (None, "latest") and not Path(cfg.run.resume).is_dir():
         raise ConfigError(f"run.resume={cfg.run.resume!r}: checkpoint folder not found (or use run.resume=latest)")
     from .student.presets import get_preset
+    from .teachers.registry import get_spec
 
     get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student))  # layout errors, early
+    if cfg.teacher.name != "none":
+        get_spec(cfg.teacher.name)
+
+
+def _check_dataset(cfg: TrainConfig) -> None:
+    """The splits exist and one batch fits in the train split: known from the manifest, before a run folder exists."""
+    from .data.index import load_manifest
+
+    if not (Path(cfg.data.root) / "manifest.json").is_file():
+        raise ConfigError(f"data.root={cfg.data.root!r}: no prepared dataset there (no manifest.json)")
+    splits = load_manifest(cfg.data.root)["splits"]
+    for key in ("train_split", "val_split"):
+        name = getattr(cfg.data, key)
+        if name not in splits:
+            raise ConfigError(f"data.{key}={name!r}: no such split in data.root={cfg.data.root!r}, "
+                              f"which has {', '.join(sorted(splits))}")
+    pairs = splits[cfg.data.train_split]["captions"]  # one training pair per caption
+    if pairs < cfg.optim.batch_size:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: more than the {pairs} training pairs of split "
+                          f"{cfg.data.train_split!r} in data.root={cfg.data.root!r}; one batch must fit")
 
 
 def student_overrides(student: StudentSection) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmd2v2_core.data.images import image_problem, open_rgb
+from mmd2v2_core.data.images import UNIT_FLOATS_NOTE, check_image, image_problem, open_rgb
 from mmd2v2_core.errors import DataError
 
 
@@ -91,3 +91,13 @@ def test_huge_dimensions_are_refused_without_decoding(tmp_path):
     with pytest.raises(DataError, match=r"bomb.png: image too large .*144000000 pixels"):
         open_rgb(bomb)
     assert image_problem(bomb).startswith("image too large")
+
+
+def test_floating_point_pixels_in_unit_range_are_fractions(tmp_path):
+    unit = Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32))
+    out = np.asarray(open_rgb(_save(unit, tmp_path / "unit.tif")))
+    assert out[:, :, 0].tolist() == [[0, 127], [255, 63]]
+    wide = Image.fromarray(np.array([[0.0, 200.0]], dtype=np.float32))  # already on the 0–255 scale: kept
+    assert np.asarray(open_rgb(_save(wide, tmp_path / "wide.tif")))[0, :, 0].tolist() == [0, 200]
+    assert check_image(tmp_path / "unit.tif") == (None, UNIT_FLOATS_NOTE)
+    assert check_image(tmp_path / "wide.tif") == (None, None)

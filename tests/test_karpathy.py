@@ -85,7 +85,7 @@ def test_flickr_layout_real_photographs(tmp_path):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.pop("images"), "top level: missing field 'images'"),
-    (lambda d: d.update(images={}), "images: expected a list"),
+    (lambda d: d.update(images={}), "images: expected a non-empty list"),
     (lambda d: d["images"][1].pop("filename"), r"images\[1\]: missing field 'filename'"),
     (lambda d: d["images"][2].update(imgid="7"), r"images\[2\].imgid: expected an integer"),
     (lambda d: d["images"][4].update(imgid=0), r"images\[4\].imgid: duplicate image id 0 \(also images\[0\]\)"),

@@ -1,9 +1,11 @@
 """Opening images as correctly oriented RGB, and checking that an image file is readable.
 
 Photo collections contain every PIL mode: grayscale (L), palette (P, sometimes with transparency),
-RGBA/LA, CMYK JPEGs, 16-bit PNGs, and phone photos whose pixels are stored sideways with an EXIF
-orientation tag. All of them come out of ``open_rgb`` as upright 8-bit RGB. Transparent pixels are
-composited onto white, since the RGB values under alpha 0 are arbitrary.
+RGBA/LA, CMYK JPEGs, 16-bit PNGs, floating-point TIFFs, and phone photos whose pixels are stored sideways
+with an EXIF orientation tag. All of them come out of ``open_rgb`` as upright 8-bit RGB. Transparent pixels
+are composited onto white, since the RGB values under alpha 0 are arbitrary. Floating-point pixels that all
+lie in [0, 1] are fractions of full intensity (the usual convention for float images); read as 0–255 values
+they would all be black.
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ def _describe(source: ImageSource, name: str | None) -> str:
     return str(source) if isinstance(source, (str, Path)) else "<image bytes>"
 
 
+def _unit_floats(img: Image.Image) -> bool:
+    """A floating-point image whose values all lie in [0, 1]: fractions of full intensity."""
+    return img.mode == "F" and img.getextrema()[1] <= 1.0
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        if arr.max(initial=0) > 255:  # 16-bit data: keep the full range instead of clipping at 255
+        if _unit_floats(img):
+            arr = arr * 255.0
+        elif arr.max(initial=0) > 255:  # 16-bit data: keep the full range instead of clipping at 255
             arr = arr / 257.0
         img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
     if img.mode == "P" and "transparency" in img.info:
@@ -81,8 +90,11 @@ def _check_size(img: Image.Image, label: str) -> None:
 VERIFY_MODES = ("decode", "header", "exists")
 
 
-def image_problem(path: Path, verify: str = "decode") -> str | None:
-    """Why this image cannot be used, or None when it can.
+UNIT_FLOATS_NOTE = "floating-point pixels in [0, 1], read as fractions of full intensity"
+
+
+def check_image(path: Path, verify: str = "decode") -> tuple[str | None, str | None]:
+    """(why this image cannot be used, or None; a note on how an unusual image will be read, or None).
 
     ``decode`` reads every byte of the pixel data (JPEGs at 1/8 scale, which is fast but still
     catches truncation); ``header`` only parses the header; ``exists`` only checks the file.
@@ -90,11 +102,11 @@ def image_problem(path: Path, verify: str = "decode") -> str | None:
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     if not path.is_file():
-        return "missing"
+        return "missing", None
     if path.stat().st_size == 0:
-        return "empty file"
+        return "empty file", None
     if verify == "exists":
-        return None
+        return None, None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -103,10 +115,16 @@ def image_problem(path: Path, verify: str = "decode") -> str | None:
                 if verify == "decode":
                     img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
                     img.load()
+                    return None, UNIT_FLOATS_NOTE if _unit_floats(img) else None
     except DataError as exc:
-        return str(exc).split(": ", 1)[1]
+        return str(exc).split(": ", 1)[1], None
     except _TOO_LARGE as exc:
-        return f"image too large ({exc})"
+        return f"image too large ({exc})", None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"unreadable ({type(exc).__name__}: {exc})"
-    return None
+        return f"unreadable ({type(exc).__name__}: {exc})", None
+    return None, None
+
+
+def image_problem(path: Path, verify: str = "decode") -> str | None:
+    """Why this image cannot be used, or None when it can."""
+    return check_image(path, verify)[0]

@@ -3,8 +3,10 @@ what every dataset class reads.
 
 A prepared dataset is a directory holding ``manifest.json`` and one ``<split>.jsonl`` per split, one
 line per image: ``{"image_id", "path", "captions", "sentids", "extra"}``. ``path`` is relative to the
-manifest's ``image_root`` (itself relative to the index directory unless absolute). ``extra`` carries
-any non-standard fields of the Karpathy entry (``cocoid``, the synthetic ``scene`` …).
+manifest's ``image_root`` (itself relative to the index directory unless absolute) and stays inside it
+(no ``../``, not absolute) unless the index was made with ``--allow-images-outside-root``, which the
+manifest records (``images_outside_root``). ``extra`` carries any non-standard fields of the Karpathy
+entry (``cocoid``, the synthetic ``scene`` …).
 
 Split files are written first and the manifest last, each through a temporary file and a rename, so
 an interrupted run never leaves an index that looks complete.
@@ -33,10 +35,21 @@ class ImageRecord:
     extra: dict = field(default_factory=dict, compare=False)
 
 
+def escapes_root(relative: str) -> bool:
+    """Whether a path meant to be inside an image root leads out of it (``../…``, or absolute). Decided on the
+    text alone, before any file is touched; links the user made inside the root are theirs to make."""
+    path = os.path.normpath(relative)
+    return os.path.isabs(path) or path == os.pardir or path.startswith(os.pardir + os.sep)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk, or a folder at ``path``: no hidden temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # named after the file the user knows
 
 
 def read_log_lines(path: Path) -> list[dict]:
@@ -108,6 +121,9 @@ def read_split(index_dir: str | Path, split: str) -> list[ImageRecord]:
         for line_no, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
+                if escapes_root(row["path"]) and not manifest.get("images_outside_root"):
+                    raise DataError(f"{path}, line {line_no}: image path {row['path']!r} leads outside the image "
+                                    f"folder {root}; re-index with --allow-images-outside-root if that is intended")
                 records.append(ImageRecord(
                     image_id=row["image_id"],
                     path=root / row["path"],

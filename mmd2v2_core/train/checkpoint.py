@@ -10,7 +10,8 @@ A checkpoint is a folder ``<out_dir>/checkpoints/step_0000200/`` holding
 
 It is written into a temporary folder and renamed into place; ``latest`` (a one-line file) is then
 replaced atomically. A kill during a save leaves a ``.tmp`` folder that is ignored and cleaned up,
-and ``latest`` still names the previous complete checkpoint.
+and ``latest`` still names the previous complete checkpoint. A save that fails (a full disk) removes its
+``.tmp`` folder at once and stops with an error saying why, the free space, and which checkpoint is intact.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from ..data.index import write_text_atomic
@@ -31,6 +33,9 @@ from ..errors import DataError
 from ..teachers.checkpoints import unpickling_refusal
 
 LATEST = "latest"
+# What the writers raise when the disk fills: safetensors its own error, torch.save a RuntimeError of its stream
+# writer (without an errno), plain files OSError.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 def checkpoint_root(out_dir: str | Path) -> Path:
@@ -64,19 +69,34 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, stat
     tmp = root / f".step_{step:07d}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
-    (tmp / "student.json").write_text(json.dumps(student_config, indent=2) + "\n")
-    for f in tmp.iterdir():  # the data must be on disk before the rename makes the folder visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "student.json").write_text(json.dumps(student_config, indent=2) + "\n")
+        for f in tmp.iterdir():  # the data must be on disk before the rename makes the folder visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except WRITE_ERRORS as exc:
+        message = _not_saved(final, exc)  # measures the free space before the cleanup frees some
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(message) from None
     write_text_atomic(root / LATEST, final.name + "\n")
     _prune(root, keep, protect={final.name, _best_name(root)})
     return final
+
+
+def _not_saved(final: Path, exc: Exception) -> str:
+    free = shutil.disk_usage(final.parent).free
+    reason = "no space left on the disk" if free < 2**20 or "No space left" in str(exc) else \
+        (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    latest = final.parent / LATEST
+    kept = f"the previous checkpoint, {latest.read_text().strip()}, is intact" if latest.is_file() else \
+        "there is no earlier checkpoint"
+    return f"{final}: checkpoint not saved: {reason} ({free / 2**20:,.0f} MiB free there); {kept}"
 
 
 def _best_name(root: Path) -> str | None:

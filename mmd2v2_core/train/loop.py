@@ -8,6 +8,8 @@ of the config (KD regression, contrastive distillation with a memory bank, SHRe 
 and summed; AdamW with a linear warm-up and cosine schedule takes the step. Every ``val_every`` steps
 (and at step 0) the val split is scored by retrieval (mean of R@1/5/10 both ways), the best checkpoint is
 marked; checkpoints every ``checkpoint_every`` steps make ``run.resume=latest`` continue exactly.
+SIGTERM ends the step under way, saves a checkpoint and returns; Ctrl-C (SIGINT) does the same, then raises
+``TrainingInterrupted``; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ SKIPPED_LOG = "skipped_images.jsonl"
 
 class TrainingDiverged(KitError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after the step under way, which was saved. A KeyboardInterrupt, so that a caller
+    (a notebook cell, a script) stops too instead of carrying on with a half-trained student."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"interrupted at step {step}; saved {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -151,6 +162,11 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         plain = p.ndim < 2 or any(k in name for k in NO_DECAY)
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the trainer: a terminal sends SIGINT to every process of the group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _schedule(optim_cfg) -> callable:
@@ -366,9 +382,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
-    stop = {"requested": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True)) \
-        if torch.multiprocessing.current_process().name == "MainProcess" else None
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        if stop["signal"] == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        stop["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if torch.multiprocessing.current_process().name == "MainProcess" else {}
     logger = _Logger(out_dir, rank == 0, step, cfg.run.tensorboard, to_dict(cfg) if cfg.run.wandb else None)
     if rank == 0:
         if resume_from is None:  # a fresh run: files skipped by an earlier run in this folder are not its own
@@ -399,7 +421,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     sampler = StepSampler(len(dataset), cfg.optim.batch_size // cfg.optim.accum, cfg.optim.steps * cfg.optim.accum,
                           cfg.optim.seed, rank, world, start_step=step * cfg.optim.accum)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate(tokenizer),
-                        num_workers=cfg.data.num_workers, persistent_workers=False)
+                        num_workers=cfg.data.num_workers, persistent_workers=False, worker_init_fn=_ignore_interrupts)
     bar = progress(total=cfg.optim.steps, initial=step, desc="train", disable=rank != 0)
     model.train()
     batches, tick, last_good = clean_worker_errors(loader), time.perf_counter(), None
@@ -451,19 +473,21 @@ def train(cfg: TrainConfig) -> TrainResult:
             if is_best:
                 best = metrics["mean"]
             # validated steps are saved too, so the best one can be marked; the state holds this validation
-            if metrics is not None or step % cfg.run.checkpoint_every == 0 or last_step or stop["requested"]:
+            if metrics is not None or step % cfg.run.checkpoint_every == 0 or last_step or stop["signal"]:
                 ckpt = checkpoint()
                 last_good = ckpt or last_good
                 if is_best and ckpt is not None:
                     mark_best(out_dir, ckpt)
-            if stop["requested"]:
+            if stop["signal"]:
                 break
     finally:
         bar.close()
         logger.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     best_ptr = out_dir / "checkpoints" / "best"
-    return TrainResult(out_dir, step, stop["requested"], val_history,
+    if stop["signal"] == "SIGINT":
+        raise TrainingInterrupted(step, last_good)
+    return TrainResult(out_dir, step, stop["signal"] is not None, val_history,
                        out_dir / "checkpoints" / best_ptr.read_text().strip() if best_ptr.is_file() else None,
                        skipped_images(out_dir / SKIPPED_LOG))

@@ -5,6 +5,9 @@
 MODE ``before`` kills as the call starts; ``half-written:K`` lets the call write its file (positional
 argument K), cuts that file to half its size, and then kills — the state a power cut leaves mid-write.
 The kill is real (no exception, no cleanup, no ``finally``); only its moment is chosen.
+
+MODE ``ctrl-c:K`` instead sends SIGINT K times to the whole process group, as Ctrl-C in a terminal does
+(run it in a session of its own), and lets the call go on: what happens next is the command's own doing.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ def _patch(target: str, nth: int, mode: str) -> None:
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == nth:
+        if calls["n"] == nth and mode.startswith("ctrl-c:"):
+            for _ in range(int(mode.split(":")[1])):
+                os.killpg(os.getpgid(0), signal.SIGINT)  # Python runs the handler before the next line
+        elif calls["n"] == nth:
             if mode.startswith("half-written:"):
                 result = original(*args, **kwargs)
                 path = Path(args[int(mode.split(":")[1])])

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["test_data_inputs", "test_configs", "test_checkpoints", "test_caches", "test_interruptions"]
+ORDER = ["test_data_inputs", "test_configs", "test_outputs", "test_checkpoints", "test_caches",
+         "test_interruptions"]
 TMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s]+/")
 
 

@@ -1,12 +1,16 @@
-"""Data: broken image files and malformed Karpathy JSON, through the commands a user runs."""
+"""Data: broken image files, malformed Karpathy JSON, and entries that parse but are wrong, through the
+commands a user runs."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from mmd2v2_core.data.images import open_rgb
 from mmd2v2_core.data.index import read_split
 
 from .conftest import assert_clear_error
@@ -105,6 +109,26 @@ MALFORMED = {
     "unknown split": (lambda e: e[0].update(split="dev"), "images[0].split", "'dev'"),
     "duplicate image id": (lambda e: e[4].update(imgid=e[1]["imgid"]), "images[4].imgid", "duplicate image id"),
     "empty caption": (lambda e: e[3]["sentences"][2].update(raw="   "), "images[3].sentences[2].raw", "empty caption"),
+    # wrong, though they parse
+    "caption of zero-width characters": (lambda e: e[3]["sentences"][2].update(raw="\u200b\u2060\ufeff"),
+                                         "images[3].sentences[2].raw", "empty caption"),
+    "caption of control characters": (lambda e: e[0]["sentences"][4].update(raw="\x00\x07 \x1b"),
+                                      "images[0].sentences[4].raw", "empty caption"),
+    "empty images list": (lambda e: e.clear(), "images", "a non-empty list"),
+    "image id beyond 64 bits": (lambda e: e[1].update(imgid=2**64), "images[1].imgid", "fits in 64 bits"),
+    "image id below -2^63": (lambda e: e[2].update(imgid=-2**63 - 1), "images[2].imgid", "fits in 64 bits"),
+    "two entries, one file": (lambda e: e[4].update(filename=e[1]["filename"]), "images[4]",
+                              "same image file as images[1]"),
+    "one file spelled two ways": (lambda e: e[4].update(filename="./" + e[1]["filename"]), "images[4]",
+                                  "same image file as images[1]"),
+    "file name leading out of the image folder": (lambda e: e[2].update(filename="../../../secret.jpg"),
+                                                  "images[2].filename", "--allow-images-outside-root"),
+    "absolute file name": (lambda e: e[2].update(filename="/etc/hostname"), "images[2].filename",
+                           "leads outside the image folder"),
+    "file path leading out of the image folder": (lambda e: e[2].update(filepath="../.."), "images[2].filepath",
+                                                  "leads outside the image folder"),
+    "file name with a NUL byte": (lambda e: e[2].update(filename="a\x00.jpg"), "images[2].filename",
+                                  "without control characters"),
 }
 
 
@@ -151,3 +175,48 @@ def test_caption_far_longer_than_64_tokens(smoke, tmp_path, cli, tokenizer):
     out = cli("train", "--config", "smoke", f"data.root={tmp_path / 'idx'}", f"run.out_dir={tmp_path / 'run'}",
               "optim.steps=4", "run.val_every=4")
     assert out.code == 0 and "step 4" in out.out
+
+
+def test_image_outside_the_folder_is_read_only_when_allowed(smoke, tmp_path, cli):
+    """`--allow-images-outside-root`: indexed with a note naming the entry; the manifest records the opt-in,
+    and the index is read. A hand-edited index without it cannot point outside (the row is named)."""
+    json_path, images = _karpathy(smoke)
+    data, entries = _entries(json_path)
+    outside = smoke / "outside.jpg"
+    shutil.copy(images / entries[2]["filepath"] / entries[2]["filename"], outside)
+    entries[2]["filename"] = "../../outside.jpg"  # relative to images/test/
+    (tmp_path / "outside.json").write_text(json.dumps(data))
+    out = cli("data", "karpathy", "--json", tmp_path / "outside.json", "--images", images, "--out", tmp_path / "idx",
+              "--allow-images-outside-root")
+    assert out.code == 0 and "note: 1 image(s) lie outside the image folder" in out.out and "images[2]" in out.out
+    assert outside.resolve() in {r.path.resolve() for r in read_split(tmp_path / "idx", "test")}
+
+    rows = (smoke / "train.jsonl").read_text().splitlines()
+    rows[0] = json.dumps({**json.loads(rows[0]), "path": "../../outside.jpg"})
+    (smoke / "train.jsonl").write_text("\n".join(rows) + "\n")
+    out = cli("train", "--config", "smoke", f"data.root={smoke}", f"run.out_dir={tmp_path / 'run'}", "optim.steps=2")
+    assert_clear_error(out, "train.jsonl, line 1", "'../../outside.jpg'", "outside the image folder")
+
+
+def test_floating_point_image_in_unit_range(smoke, tmp_path, cli):
+    """A 32-bit float TIFF with values in [0, 1] (0.8 everywhere): indexed with a note naming it, and decoded as
+    light grey (204), not black."""
+    json_path, images = _karpathy(smoke)
+    data, entries = _entries(json_path)
+    entries[5]["filename"] = "float.tif"
+    Image.fromarray(np.full((64, 64), 0.8, dtype=np.float32)).save(images / entries[5]["filepath"] / "float.tif")
+    json_path.write_text(json.dumps(data))
+    out = cli("data", "karpathy", "--json", json_path, "--images", images, "--out", tmp_path / "idx")
+    assert out.code == 0 and "note: 1 image(s) have floating-point pixels in [0, 1]" in out.out
+    assert "images[5]" in out.out and "float.tif" in out.out
+    assert np.asarray(open_rgb(images / entries[5]["filepath"] / "float.tif")).mean() == pytest.approx(204, abs=1)
+
+
+def test_no_readable_image_at_all(smoke, tmp_path, cli):
+    """--images pointing at an empty folder with --on-bad-image skip: refused (no empty index that fails later)."""
+    json_path, _ = _karpathy(smoke)
+    (tmp_path / "empty").mkdir()
+    out = cli("data", "karpathy", "--json", json_path, "--images", tmp_path / "empty", "--out", tmp_path / "idx",
+              "--on-bad-image", "skip")
+    assert_clear_error(out, json_path.name, "none of its 896 images is readable", "--images")
+    assert not (tmp_path / "idx" / "manifest.json").exists()

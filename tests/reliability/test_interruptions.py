@@ -1,5 +1,7 @@
 """Interruptions: SIGKILL mid-way through target caching, training, a checkpoint save and a papermill
-study, then the same command again: it must finish with nothing lost and nothing duplicated."""
+study, then the same command again: it must finish with nothing lost and nothing duplicated. Ctrl-C
+(SIGINT to the whole process group, as a terminal sends it) ends with one line and exit status 130;
+in training it first saves, and says how to resume."""
 
 from __future__ import annotations
 
@@ -30,6 +32,23 @@ def killed(seen, target: str, nth: int, mode: str, *args) -> None:
                           capture_output=True, text=True, env={**os.environ, "MMD2V2_PROGRESS": "off"}, timeout=600)
     assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}): {proc.stderr[-2000:]}"
     seen(f"killed at call {nth} of {target} ({mode})")
+
+
+def interrupted(seen, target: str, nth: int, presses: int, *args) -> subprocess.CompletedProcess:
+    """Run `mmd2v2 ARGS` in a session of its own and press Ctrl-C ``presses`` times at the chosen moment."""
+    proc = subprocess.run([sys.executable, KILL_AT, target, str(nth), f"ctrl-c:{presses}", "--", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "MMD2V2_PROGRESS": "off"},
+                          timeout=600, start_new_session=True)
+    seen(f"Ctrl-C ×{presses} at call {nth} of {target}")
+    seen(f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"not one error line: {proc.stderr!r}"
+    return lines[0]
 
 
 def _targets(data, out):
@@ -133,3 +152,37 @@ def test_sigkill_during_a_papermill_study(tmp_path, cli, seen):
         assert max(counts.values()) == 1, f"{metrics}: logged twice"
     report = (reports / "report.md").read_text()
     assert "Not run" not in report and "| MM-D2V2 7_2 (5+2) |" in report
+
+
+def test_ctrl_c_during_training_saves_and_says_how_to_resume(smoke_source, reference_run, tmp_path, cli, seen):
+    """Ctrl-C at optimiser step 6, DataLoader workers included: the step finishes and is saved, one line says how
+    to continue, exit 130; the rerun ends with the same weights as an uninterrupted run."""
+    run = tmp_path / "run"
+    proc = interrupted(seen, "torch.optim:AdamW.step", 6, 1, *_train_args(smoke_source["synth-coco"], run,
+                                                                         "data.num_workers=2"))
+    assert proc.returncode == 130
+    line = _one_error_line(proc)
+    assert "interrupted at step 6" in line and "step_0000006" in line and "run the same command" in line
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000006"
+    assert cli(*_train_args(smoke_source["synth-coco"], run)).code == 0
+    _assert_same_run(run, reference_run)
+
+
+def test_second_ctrl_c_stops_at_once(smoke_source, tmp_path, seen):
+    """Ctrl-C twice at step 4: no waiting for a save; exit 130 with one line; the step-3 checkpoint stays the
+    latest and nothing half-written is left."""
+    run = tmp_path / "run"
+    proc = interrupted(seen, "torch.optim:AdamW.step", 4, 2, *_train_args(smoke_source["synth-coco"], run))
+    assert proc.returncode == 130 and _one_error_line(proc) == "error: interrupted (Ctrl-C)"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+
+
+def test_ctrl_c_while_indexing(smoke_source, tmp_path, seen):
+    """Ctrl-C as `data karpathy` starts writing the index: exit 130 with one line, and no manifest."""
+    data = smoke_source["synth-coco"]
+    proc = interrupted(seen, "data_prep.karpathy:write_index", 1, 1, "data", "karpathy", "--json",
+                       data / "dataset_synth-coco.json", "--images", data / "images", "--out", tmp_path / "idx",
+                       "--verify", "exists")
+    assert proc.returncode == 130 and _one_error_line(proc) == "error: interrupted (Ctrl-C)"
+    assert not (tmp_path / "idx" / "manifest.json").exists()
