@@ -33,6 +33,7 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     hflip: float = 0.5  # 0 for the synthetic data, whose captions say left and right
     num_workers: int = 2
+    rendering_views: int = 0  # with student.frontend_cache: rendering-augmented views cached per training image
 
 
 @dataclass
@@ -60,6 +61,7 @@ class StudentSection:
     init: bool = True  # copy pretrained unimodal weights (the preset says from which models)
     layers: str = "first"  # first | every_other
     freeze_embeddings: bool = False
+    frontend_cache: str | None = None  # folder of cached frozen front-end outputs (computed on first use)
     image_weights: str | None = None
     text_weights: str | None = None
 
@@ -147,6 +149,11 @@ def _coerce(key: str, value, hint):
         return tuple(_coerce(key, v, a) for v, a in zip(value, args))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. resume=123 written without quotes
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -251,6 +258,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.run.checkpoint_every > 0 and cfg.run.val_every > 0 and cfg.run.log_every > 0,
          "run.checkpoint_every, run.val_every and run.log_every must be positive"),
         (cfg.data.num_workers >= 0, "data.num_workers must not be negative"),
+        (cfg.data.rendering_views >= 0, "data.rendering_views must not be negative"),
+        (cfg.data.rendering_views == 0 or bool(cfg.student.frontend_cache),
+         "data.rendering_views needs student.frontend_cache (the views are cached front-end outputs)"),
         (0 <= cfg.data.hflip <= 1, "data.hflip is a probability"),
     ]
     for ok, message in checks:
