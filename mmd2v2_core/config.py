@@ -36,6 +36,7 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     hflip: float = 0.5  # 0 for the synthetic data, whose captions say left and right
     num_workers: int = 2
+    rendering_views: int = 0  # with student.frontend_cache: rendering-augmented views cached per training image
 
 
 @dataclass
@@ -63,6 +64,7 @@ class StudentSection:
     init: bool = True  # copy pretrained unimodal weights (the preset says from which models)
     layers: str = "first"  # first | every_other
     freeze_embeddings: bool = False
+    frontend_cache: str | None = None  # folder of cached frozen front-end outputs (computed on first use)
     image_weights: str | None = None
     text_weights: str | None = None
 
@@ -152,6 +154,7 @@ def limits() -> dict[str, Range | tuple[str, ...]]:
         "data.crop_scale": Range(0, 1, "(]"),  # a share of the image's area: 0 would be no crop at all
         "data.hflip": Range(0, 1),
         "data.num_workers": Range(0),
+        "data.rendering_views": Range(0),
         "teacher.target": TARGET_KINDS,
         "teacher.top_k": Range(1),
         "teacher.whiten_sample": Range(2),
@@ -343,6 +346,8 @@ def validate(cfg: TrainConfig) -> None:
          f"data.crop_scale={list(cfg.data.crop_scale)}: the lower end must not exceed the upper"),
         (cfg.loss.kd_weight > 0 or cfg.loss.itc_weight > 0, "at least one of loss.kd_weight, loss.itc_weight must be > 0"),
         (cfg.loss.kd == "none" or cfg.teacher.name != "none", "loss.kd needs a teacher (teacher.name is 'none')"),
+        (cfg.data.rendering_views == 0 or bool(cfg.student.frontend_cache),
+         "data.rendering_views needs student.frontend_cache (the views are cached front-end outputs)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -110,7 +110,7 @@ def test_kd_terms_are_logged_per_modality_and_mse_terms_are_summed():
 
 
 def test_weight_decay_spares_embeddings_tokens_norms_biases_but_not_the_patch_convolution():
-    student, _ = build_student(get_preset("smke", "smoke"), init=False)
+    student, _ = build_student(get_preset("smke", "minilm"), init=False)  # patches and text embeddings that train
     model = Trainable(student, Objective(load_config("smoke", ["loss.kd=cdl"]), target_dim=1280))
     decay, no_decay = _param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -66,9 +66,12 @@ class RetrievalSplit:
     records: list[ImageRecord]
     captions: list[str]
     text_to_image: np.ndarray  # caption j belongs to image row text_to_image[j]
+    index_dir: Path | None = None  # where it was read from (a cached front end keys its rows by it)
+    split: str | None = None
 
     @classmethod
-    def from_records(cls, name: str, records: list[ImageRecord]) -> "RetrievalSplit":
+    def from_records(cls, name: str, records: list[ImageRecord], index_dir: Path | None = None,
+                     split: str | None = None) -> "RetrievalSplit":
         unique, seen = [], set()
         for r in records:  # pair-style sources can list an image more than once
             if r.image_id not in seen:
@@ -76,14 +79,14 @@ class RetrievalSplit:
                 unique.append(r)
         captions = [c for r in unique for c in r.captions]
         text_to_image = np.repeat(np.arange(len(unique)), [len(r.captions) for r in unique])
-        return cls(name, unique, captions, text_to_image)
+        return cls(name, unique, captions, text_to_image, index_dir, split)
 
     @classmethod
     def from_index(cls, index_dir: str | Path, split: str) -> "RetrievalSplit":
         from .index import load_manifest
 
         name = f"{load_manifest(index_dir)['dataset']}/{split}"
-        return cls.from_records(name, read_split(index_dir, split))
+        return cls.from_records(name, read_split(index_dir, split), Path(index_dir), split)
 
     def images(self, transform: Callable) -> ImageSet:
         return ImageSet(self.records, transform)

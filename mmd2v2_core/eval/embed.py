@@ -21,6 +21,7 @@ from ..data.datasets import RetrievalSplit
 from ..data.tokenizer import CaptionTokenizer
 from ..errors import clean_worker_errors
 from ..progress import progress
+from ..student.frontend_cache import CachedFrontEnd
 from .retrieval import retrieval_ranks
 
 
@@ -56,12 +57,16 @@ def eval_mode(model):
             model.train(was_training)
 
 
-def student_inputs(student, tokenizer_name: str) -> tuple[Callable, CaptionTokenizer]:
-    """The evaluation transform and tokenizer a trained student expects (its image size, its caption length)."""
+def student_inputs(student, tokenizer_name: str, frontend_cache: str | Path | None = None,
+                   device: str | torch.device = "cpu") -> tuple[Callable | CachedFrontEnd, CaptionTokenizer]:
+    """The image source and tokenizer a trained student expects: its evaluation transform (its image size) — or,
+    with ``frontend_cache`` and a frozen front end, its cached front-end outputs — and its caption length."""
     from ..data.transforms import ImageTransformConfig, eval_transform
 
-    return (eval_transform(ImageTransformConfig(size=student.cfg.image_size)),
-            CaptionTokenizer(tokenizer_name, max_length=student.cfg.max_text_len))
+    tokenizer = CaptionTokenizer(tokenizer_name, max_length=student.cfg.max_text_len)
+    if frontend_cache and student.image_embed.cacheable:
+        return CachedFrontEnd(student, frontend_cache, device), tokenizer
+    return eval_transform(ImageTransformConfig(size=student.cfg.image_size)), tokenizer
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,15 @@ class SplitEmbeddings:
 
 
 @torch.inference_mode()
-def embed_split(model: Encoder, split: RetrievalSplit, transform: Callable, tokenizer: CaptionTokenizer,
+def embed_split(model: Encoder, split: RetrievalSplit, images: Callable | CachedFrontEnd, tokenizer: CaptionTokenizer,
                 batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0) -> SplitEmbeddings:
+    """``images``: a pixel transform, or a ``CachedFrontEnd`` (the student's frozen front-end outputs by id)."""
+    dataset = images.images(split) if isinstance(images, CachedFrontEnd) else split.images(images)
     images, texts = [], []
     # Captions of similar length share a batch, so little compute goes to padding; rows are put back after.
     order = sorted(range(len(split.captions)), key=lambda j: len(split.captions[j]))
     with eval_mode(model):
-        loader = DataLoader(split.images(transform), batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         for batch in progress(clean_worker_errors(loader), total=len(loader), desc=f"encoding {split.name} images"):
             images.append(model.encode_image(batch["image"].to(device)).float())
         for start in progress(range(0, len(order), batch_size), desc=f"encoding {split.name} captions"):
@@ -90,7 +97,7 @@ def embed_split(model: Encoder, split: RetrievalSplit, transform: Callable, toke
                            torch.as_tensor(split.text_to_image, dtype=torch.long, device=device))
 
 
-def evaluate_retrieval(model: Encoder, index_dir: str | Path, split: str, transform: Callable,
+def evaluate_retrieval(model: Encoder, index_dir: str | Path, split: str, transform: Callable | CachedFrontEnd,
                        tokenizer: CaptionTokenizer, batch_size: int = 256, device: str = "cpu",
                        num_workers: int = 0) -> dict:
     """Encode ``split`` of a prepared dataset and score it: metrics, rank summary and what was measured."""

@@ -7,8 +7,8 @@ import re
 import statistics
 from pathlib import Path
 
-from ..data.index import load_manifest, read_split
-from ..study import ATTENTION_ABLATION, RUNS, TABLE1, TEACHER_ABLATION, TEST_SETS, Study
+from ..data.index import load_manifest, read_log_lines, read_split
+from ..study import ATTENTION_ABLATION, RUNS, TABLE1, TEACHER_ABLATION, TEST_SETS, TRANSFER_ABLATION, Study
 
 
 def _rel(path: Path, reports_dir: Path) -> str:
@@ -62,17 +62,22 @@ def training_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> 
               for r in runs for s in study.profile.seeds}
     figure = plot_training_curves(curves, reports_dir / "figures" / "training_curves.png")
     p = study.profile
+    rates = [r["samples_per_s"] for path in curves.values() if path.is_file()
+             for r in read_log_lines(path) if r.get("kind") == "train"][1:]  # the first window holds start-up
+    speed = (f" Training ran at {statistics.fmean(rates):.0f} pairs/s on average (the window means logged in "
+             f"`metrics.jsonl`)." if rates else "")
     return "\n".join(["## 02 Distillation pretraining", "",
-                      f"{len(runs)} recipes × {len(p.seeds)} seed(s), {p.steps} steps of {p.batch_size} pairs each "
-                      f"({p.layout_note}). Validation on `synth-coco` val after the last step (the untrained student's "
-                      "level is Table 1's unaligned-towers row).", "",
+                      f"{len(runs)} recipes × {len(p.seeds)} seed(s), {p.steps} steps of {p.batch_size} pairs each: "
+                      f"{p.steps * p.batch_size:,} pairs seen per run ({p.layout_note}).{speed} Validation on "
+                      "`synth-coco` val after the last step (the untrained student's level is Table 1's "
+                      "unaligned-towers row).", "",
                       f"![training curves]({_rel(figure, reports_dir)})"])
 
 
 def retrieval_section(study: Study, reports_dir: Path) -> str:
     from ..report.tables import load_references, render_markdown, seed_tables, write_tables
 
-    measured = study.mean_rows(("unaligned", *TABLE1))
+    measured = study.mean_rows(("cca", "unaligned", *TABLE1))
     tables = seed_tables(load_references(), measured)
     write_tables(tables, reports_dir / "tables")
     synthetic = next(t for t in tables if t.name == "table1_synthetic")
@@ -180,3 +185,20 @@ def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
     if shot.is_file():  # taken in a live JupyterLab page with headless Chromium (see the README)
         text += f"\n\nThe browser in JupyterLab, stepping through failures:\n\n![browser]({_rel(shot, reports_dir)})"
     return text, browser
+
+
+def findings_section(study: Study, reports_dir: Path) -> str:
+    """The transfer ablation (rendering views or not), then every qualitative claim of the seed and the thesis
+    with its measurement and a computed verdict."""
+    from .findings import check_claims, findings_markdown
+
+    transfer = ablation_section(study, reports_dir, "ablation_transfer",
+                                "Zero-shot transfer: S-SMKE with and without rendering-augmented views",
+                                TRANSFER_ABLATION, [("smke", "smke_no_views")], "### Zero-shot transfer")
+    transfer += ("\n\nThe rendering views change outline, shadow, background gradient and texture, rotation, blur and "
+                 "foreground colour of training images (`mmd2v2_core/data/rendering.py`); no test image or statistic "
+                 "is used, but the traits were chosen knowing the kinds of rendering change a test set may bring.")
+    rows = check_claims(study.results, TEST_SETS)
+    unaligned = [r for r in study.results("unaligned")]
+    return "\n".join(["## Findings", "", transfer, "", "### The seed's claims, measured", "",
+                      findings_markdown(rows, unaligned)])

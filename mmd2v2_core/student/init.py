@@ -138,17 +138,41 @@ def init_text_from_hf(student: MultimodalStudent, model: nn.Module, name: str = 
         raise ConfigError(f"{name} has a vocabulary of {hf.vocab_size}, the student {cfg.vocab_size}")
     if cfg.norm_first:
         raise ConfigError(f"{name} is post-LN (BERT layout) but student.norm_first=True")
-    src = model.embeddings
+    _copy_bert_embeddings(student, model)
+    picks = layer_indices(hf.num_hidden_layers, cfg.n_specific, how)
+    for layer, i in zip(student.specific, picks):
+        _copy_bert_layer(layer.text, model.encoder.layer[i], attention=layer.attention == "separate")
+    return picks
+
+
+def _copy_bert_embeddings(student: MultimodalStudent, model: nn.Module) -> None:
+    cfg, embed, src = student.cfg, student.text_embed, model.embeddings
     embed.word.weight.copy_(src.word_embeddings.weight)
     # RoBERTa-style models number real tokens from padding_idx + 1; BERT from 0.
     offset = src.padding_idx + 1 if hasattr(src, "padding_idx") else 0
     positions = src.position_embeddings.weight[offset:offset + cfg.max_text_len]
     embed.position.weight.copy_(positions + src.token_type_embeddings.weight[0])
     _copy_ln(embed.norm, src.LayerNorm)
-    picks = layer_indices(hf.num_hidden_layers, cfg.n_specific, how)
-    for layer, i in zip(student.specific, picks):
-        _copy_bert_layer(layer.text, model.encoder.layer[i], attention=layer.attention == "separate")
-    return picks
+
+
+@torch.no_grad()
+def init_text_embeddings_from_hf(student: MultimodalStudent, model: nn.Module, name: str = "text model") -> None:
+    """Only the embeddings (word, position, LayerNorm) of a BERT-layout encoder, at ``text_embed_dim``: the text
+    front end of a student narrower than the model (the embedded size on the packaged MiniLM)."""
+    cfg, hf = student.cfg, model.config
+    if (cfg.text_embed_dim or cfg.width) != hf.hidden_size or hf.vocab_size != cfg.vocab_size:
+        raise ConfigError(f"{name}'s embeddings are {hf.vocab_size} × {hf.hidden_size}, the student's text front end "
+                          f"{cfg.vocab_size} × {cfg.text_embed_dim or cfg.width}")
+    _copy_bert_embeddings(student, model)
+
+
+@torch.no_grad()
+def init_image_stem(student: MultimodalStudent, model: nn.Module) -> None:
+    """The frozen stem: EfficientNet-Lite0's conv stem, BatchNorm and stages 0…image_stem_stage, tensor for tensor
+    (BatchNorm running statistics included)."""
+    stages = student.cfg.image_stem_stage + 1
+    source = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:stages])
+    student.image_embed.stem.load_state_dict(source.state_dict())
 
 
 def _copy_bert_layer(dst: Block, src: nn.Module, attention: bool = True) -> None:

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.models.beit import RelativePositionBias
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import Block, ModalityBlock
+from .frontends import PatchFrontEnd, StemFrontEnd, TextFrontEnd
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class StudentConfig:
     kd_head: bool = True  # LN + Linear CLS → target (S-SMKE); False: the CLS itself regresses it (MM-D2V2)
     image_prenet: int = 0  # blocks run inside the image front end (Data2Vec2: its 2 prenet blocks)
     freeze_image_frontend: bool = False  # patch embedding + prenet frozen, as the original ran them (no_grad)
+    image_stem: str | None = None  # "efficientnet-lite0": a frozen pretrained CNN stem instead of patches
+    image_stem_stage: int = 4  # its last stage kept (4: stride 16, 112 channels)
+    text_embed_dim: int | None = None  # width of the word/position embeddings when not the student's (MiniLM: 384)
+    freeze_text_frontend: bool = False
     num_classes: int = 0  # SHRe class head (KL on teacher logits); 0: none
     eps: float = 1e-6
 
@@ -70,6 +74,10 @@ class StudentConfig:
             raise ConfigError(f"student: width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"student: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.image_stem not in (None, "efficientnet-lite0"):
+            raise ConfigError(f"student.image_stem must be efficientnet-lite0 or empty, got {self.image_stem!r}")
+        if self.image_stem and not 0 <= self.image_stem_stage <= 6:
+            raise ConfigError(f"student.image_stem_stage must be in 0…6, got {self.image_stem_stage}")
         if not self.kd_head and self.kd_dim not in (0, self.width):
             raise ConfigError(f"student: without a KD head the CLS (width {self.width}) regresses the target itself, "
                               f"but the target has {self.kd_dim} dims; whiten it to the student's width "
@@ -78,53 +86,6 @@ class StudentConfig:
     @property
     def n_specific(self) -> int:
         return self.depth - self.n_shared
-
-
-class ImageEmbedding(nn.Module):
-    """Patches → tokens, CLS first; positions on the patches only (as Data2Vec2); optional pre-block norm;
-    then the image model's ``prenet`` blocks (Data2Vec2), which belong to the front end, not to the layers."""
-
-    def __init__(self, cfg: StudentConfig):
-        super().__init__()
-        self.prenet = nn.ModuleList(_block(cfg, False) for _ in range(cfg.image_prenet))
-        self.proj = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
-        grid = cfg.image_size // cfg.patch_size
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, cfg.width)) if cfg.abs_pos_embed else None
-        # Post-LN blocks normalise their output, not their input: the embeddings are normalised here.
-        self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps) if not cfg.norm_first else nn.Identity()
-        self.rel_pos = RelativePositionBias((grid, grid), cfg.heads) if cfg.rel_pos_bias else None
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.proj(images).flatten(2).transpose(1, 2)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed
-        x = self.norm(torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1))
-        bias = self.attention_bias() if self.prenet else None
-        for block in self.prenet:
-            x = block(x, None, bias)
-        return x
-
-    def attention_bias(self) -> torch.Tensor | None:
-        """[heads, T, T] relative position bias for the image blocks (BEiT-v2 initialisation), else None."""
-        return self.rel_pos() if self.rel_pos is not None else None
-
-
-class TextEmbedding(nn.Module):
-    """Word + position embeddings and LayerNorm, BERT's layout (token type 0 folded in)."""
-
-    def __init__(self, cfg: StudentConfig):
-        super().__init__()
-        self.word = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.position = nn.Embedding(cfg.max_text_len, cfg.width)
-        self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.norm(self.word(input_ids) + self.position(positions)[None])
 
 
 def _block(cfg: StudentConfig, shared: bool) -> Block:
@@ -137,7 +98,8 @@ class MultimodalStudent(nn.Module):
     def __init__(self, cfg: StudentConfig):
         super().__init__()
         self.cfg = cfg
-        self.image_embed, self.text_embed = ImageEmbedding(cfg), TextEmbedding(cfg)
+        self.image_embed = StemFrontEnd(cfg) if cfg.image_stem else PatchFrontEnd(cfg, lambda: _block(cfg, False))
+        self.text_embed = TextFrontEnd(cfg)
         self.specific = nn.ModuleList(
             ModalityBlock(_block(cfg, False), _block(cfg, False), cfg.attention) for _ in range(cfg.n_specific))
         if cfg.type_embedding:
@@ -156,6 +118,11 @@ class MultimodalStudent(nn.Module):
                 head.apply(_init_fresh)
         if cfg.freeze_image_frontend:
             self.image_embed.requires_grad_(False)
+        if cfg.image_stem:
+            self.image_embed.stem.requires_grad_(False)
+        if cfg.freeze_text_frontend:
+            for part in (self.text_embed.word, self.text_embed.position, self.text_embed.norm):
+                part.requires_grad_(False)
         self.grad_checkpointing = False  # recompute block activations in backward: memory for compute
 
     def features(self, x: torch.Tensor, modality: str, key_padding: torch.Tensor | None = None,

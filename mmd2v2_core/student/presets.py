@@ -40,11 +40,16 @@ ARCHS = {
 # kd_dim: width of the size's default teacher target for presets with a KD head (BEiT-v2 CLS; EfficientNet-Lite0
 # pooled features). Presets without one regress a target of the student's own width (whitened to it where the
 # teacher's is wider: teacher.whiten).
+# The embedded and smoke sizes sit on frozen pretrained front ends, as the seed's student does: EfficientNet-Lite0's
+# stages 0-4 (a 4×4 grid of 112-channel tokens at 64 px) and MiniLM's 384-wide word embeddings.
+FROZEN_PACKAGED_FRONTENDS = dict(image_stem="efficientnet-lite0", image_stem_stage=4, text_embed_dim=384,
+                                 freeze_text_frontend=True)
 SIZES = {
     "real": dict(width=768, heads=12, image_size=224, patch_size=16, kd_dim=768),
-    "embedded": dict(width=128, heads=4, image_size=64, patch_size=8, kd_dim=1280, max_text_len=48),
+    "embedded": dict(width=128, heads=4, image_size=64, patch_size=8, kd_dim=1280, max_text_len=48,
+                     **FROZEN_PACKAGED_FRONTENDS),
     "minilm": dict(width=384, heads=12, image_size=64, patch_size=8, kd_dim=1280),
-    "smoke": dict(width=32, heads=2, image_size=32, patch_size=8, kd_dim=1280),
+    "smoke": dict(width=32, heads=2, image_size=32, patch_size=8, kd_dim=1280, **FROZEN_PACKAGED_FRONTENDS),
 }
 # (depth, n_shared) of each layout at embedded size: fewer modality-specific layers, same pattern.
 EMBEDDED_LAYOUTS = {"mmd2v2_6": (3, 1), "mmd2v2_7": (4, 1), "mmd2v2_7_2": (4, 2), "smke": (4, 1)}
@@ -54,12 +59,12 @@ REAL_FRONTEND = dict(image_prenet=2, freeze_image_frontend=True)
 INIT = {
     ("real", "mmd2v2"): ("d2v2-image", "d2v2-text", "a converted Data2Vec2 tokenizer folder (GPT-2 BPE + dict.txt)"),
     ("real", "smke"): ("d2v2-image", "bert", "bert-base-uncased"),
-    ("embedded", "mmd2v2"): (None, None, "packaged-minilm"),
-    ("embedded", "smke"): (None, None, "packaged-minilm"),
+    ("embedded", "mmd2v2"): ("efficientnet-lite0", "minilm", "packaged-minilm"),
+    ("embedded", "smke"): ("efficientnet-lite0", "minilm", "packaged-minilm"),
     ("minilm", "mmd2v2"): (None, "minilm", "packaged-minilm"),
     ("minilm", "smke"): (None, "minilm", "packaged-minilm"),
-    ("smoke", "mmd2v2"): (None, None, "packaged-minilm"),
-    ("smoke", "smke"): (None, None, "packaged-minilm"),
+    ("smoke", "mmd2v2"): ("efficientnet-lite0", "minilm", "packaged-minilm"),
+    ("smoke", "smke"): ("efficientnet-lite0", "minilm", "packaged-minilm"),
 }
 VOCAB = {"d2v2-text": 50265}
 
@@ -98,22 +103,33 @@ def build_student(preset: Preset, init: bool = True, weights: dict | None = None
                   weights_dir=None) -> tuple[MultimodalStudent, dict]:
     """The student of a preset, initialised from its unimodal models when ``init``; returns (model, init report)."""
     from ..teachers.registry import create_teacher
-    from .init import init_image_from_timm, init_text_from_hf
+    from .init import init_image_from_timm, init_image_stem, init_text_embeddings_from_hf, init_text_from_hf
 
-    student = MultimodalStudent(preset.config)
+    cfg = preset.config
+    student = MultimodalStudent(cfg)
     report = {"image": "random", "text": "random"}
     if init:
         weights = weights or {}
         if preset.image_init:
             source = create_teacher(preset.image_init, weights.get("image"), folder=weights_dir)
-            picks = init_image_from_timm(student, source.model, preset.image_init, layers)
-            report["image"] = _describe_image_init(preset, picks)
+            if cfg.image_stem:
+                init_image_stem(student, source.model)
+                report["image"] = (f"{preset.image_init} stages 0–{cfg.image_stem_stage} (frozen front end); "
+                                   "projection and layers random")
+            else:
+                picks = init_image_from_timm(student, source.model, preset.image_init, layers)
+                report["image"] = _describe_image_init(preset, picks)
         if preset.text_init:
             source = create_teacher(preset.text_init, weights.get("text"), folder=weights_dir)
-            picks = init_text_from_hf(student, source.model, preset.text_init, layers)
-            report["text"] = f"{preset.text_init} layers {picks}"
-            if preset.config.attention == "shared":
-                report["text"] += " (norms and FFN; the shared attention is the image model's)"
+            if cfg.text_embed_dim and cfg.text_embed_dim != cfg.width:
+                init_text_embeddings_from_hf(student, source.model, preset.text_init)
+                report["text"] = (f"{preset.text_init} embeddings{' (frozen)' if cfg.freeze_text_frontend else ''}; "
+                                  "projection and layers random")
+            else:
+                picks = init_text_from_hf(student, source.model, preset.text_init, layers)
+                report["text"] = f"{preset.text_init} layers {picks}"
+                if cfg.attention == "shared":
+                    report["text"] += " (norms and FFN; the shared attention is the image model's)"
     return student, report
 
 
@@ -131,12 +147,22 @@ def layer_map(preset: Preset) -> dict:
     picks = range(cfg.n_specific)
     image_src = preset.image_init or "random"
     main = "main block" if cfg.image_prenet else "block"
+    if cfg.image_stem:
+        front = {"parts": [f"{image_src} stages 0–{cfg.image_stem_stage}"], "frozen": True,
+                 "trainable": ["projection", "CLS", "positions", "norm"]}
+    else:
+        front = {"parts": ["patch embedding"] + [f"{image_src} prenet block {i}" for i in range(cfg.image_prenet)],
+                 "frozen": cfg.freeze_image_frontend}
+    narrow_text = bool(cfg.text_embed_dim and cfg.text_embed_dim != cfg.width)
     return {
-        "image_frontend": {"parts": ["patch embedding"] + [f"{image_src} prenet block {i}"
-                                                           for i in range(cfg.image_prenet)],
-                           "frozen": cfg.freeze_image_frontend},
-        "image_layers": [f"{image_src} {main} {i}" if preset.image_init else "random" for i in picks],
-        "text_layers": [f"{preset.text_init} layer {i}" if preset.text_init else "random" for i in picks],
+        "image_frontend": front,
+        "text_frontend": {"parts": [f"{preset.text_init or 'random'} word + position embeddings"
+                                    + (f" ({cfg.text_embed_dim}-d) + projection" if narrow_text else "")],
+                          "frozen": cfg.freeze_text_frontend},
+        "image_layers": [f"{image_src} {main} {i}" if preset.image_init and not cfg.image_stem else "random"
+                         for i in picks],
+        "text_layers": [f"{preset.text_init} layer {i}" if preset.text_init and not narrow_text else "random"
+                        for i in picks],
         "shared_attention_from": ("image model" if cfg.attention == "shared" else None),
         "shared_blocks": cfg.n_shared,
         "type_embedding": cfg.type_embedding,

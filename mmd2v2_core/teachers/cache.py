@@ -24,10 +24,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datasets import ImageSet
 from ..data.index import load_manifest, read_split, write_text_atomic
@@ -98,18 +99,34 @@ class CacheBuild:
     reused: list[int]
 
 
-@torch.no_grad()
 def build_cache(teacher: Teacher, kind: str, index_dir: str | Path, split: str, out_dir: str | Path,
                 preprocess: ImageTransformConfig, top_k: int = 8, batch_size: int = 64, shard_size: int = 4096,
                 device: str = "cpu", num_workers: int = 0, overwrite: bool = False) -> CacheBuild:
+    """The teacher's targets of every image of a split (one un-augmented view each)."""
+    teacher = teacher.to(device)
+    prefix = _prefix_tokens(teacher)
+
+    def targets(images: torch.Tensor) -> torch.Tensor:
+        return compute_target(teacher(images), kind, top_k, prefix)
+
+    fp = fingerprint(teacher, kind, top_k, preprocess, dataset_fingerprint(index_dir, split))
+    return build_feature_cache(targets, fp, index_dir, split, out_dir, preprocess, batch_size, shard_size, device,
+                               num_workers, overwrite, desc=f"targets {kind}")
+
+
+@torch.no_grad()
+def build_feature_cache(extract: Callable[[torch.Tensor], torch.Tensor], fp: dict, index_dir: str | Path, split: str,
+                        out_dir: str | Path, preprocess: ImageTransformConfig, batch_size: int = 64,
+                        shard_size: int = 4096, device: str = "cpu", num_workers: int = 0, overwrite: bool = False,
+                        desc: str = "features", images: Dataset | None = None) -> CacheBuild:
+    """One row per image of a split: ``extract`` (a frozen network: teacher targets, a student's frozen front end)
+    applied to the evaluation view (or to ``images``, a dataset over the split's records yielding another view),
+    flattened, stored as fp16 shards under the fingerprint ``fp``."""
     out_dir = Path(out_dir)
     records = read_split(index_dir, split)
-    fp = fingerprint(teacher, kind, top_k, preprocess, dataset_fingerprint(index_dir, split))
     n, n_shards = len(records), -(-len(records) // shard_size)
     rank, world = _dist_rank_world()
-    teacher = teacher.to(device)
-    probe = compute_target(teacher(eval_transform(preprocess)(_first_image(records))[None].to(device)), kind, top_k,
-                           _prefix_tokens(teacher))
+    probe = extract(eval_transform(preprocess)(_first_image(records))[None].to(device)).flatten(1)
     meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "fingerprint": fp, "items": n,
             "dim": probe.shape[1], "shard_size": shard_size, "shards": n_shards}
     meta_path = out_dir / "meta.json"
@@ -135,15 +152,14 @@ def build_cache(teacher: Teacher, kind: str, index_dir: str | Path, split: str, 
     mine = [s for s in range(rank, n_shards, world)]
     todo = [s for s in mine if _shard_problem(_shard_path(out_dir, s), min(shard_size, n - s * shard_size),
                                               meta["dim"])]
-    images = ImageSet(records, eval_transform(preprocess))
-    bar = progress(total=sum(min(shard_size, n - s * shard_size) for s in todo), desc=f"targets {kind}")
+    images = images if images is not None else ImageSet(records, eval_transform(preprocess))
+    bar = progress(total=sum(min(shard_size, n - s * shard_size) for s in todo), desc=desc)
     for s in todo:
         rows = range(s * shard_size, min((s + 1) * shard_size, n))
         chunks = []
         for batch in clean_worker_errors(DataLoader(Subset(images, rows), batch_size=batch_size,
                                                     num_workers=num_workers)):
-            out = teacher(batch["image"].to(device))
-            chunks.append(compute_target(out, kind, top_k, _prefix_tokens(teacher)).cpu())
+            chunks.append(extract(batch["image"].to(device)).flatten(1).cpu())
             bar.update(len(batch["image"]))
         path = _shard_path(out_dir, s)
         tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")

@@ -92,6 +92,29 @@ class TrainPairs(Dataset):
         return item
 
 
+class CachedPairs(Dataset):
+    """Item (epoch, position, index) → (the image's cached front-end tokens, one caption): nothing is decoded,
+    so a step costs only the trainable blocks. With several cached views (the evaluation view and rendering-
+    augmented ones) each pair takes one, drawn from (seed, epoch, position) so resuming stays exact."""
+
+    def __init__(self, records: list[ImageRecord], views: list, token_dim: int, seed: int = 0):
+        self.records, self.views, self.token_dim, self.seed = records, views, token_dim, seed  # views: caches by id
+        self.pairs = [(i, j) for i, r in enumerate(records) for j in range(len(r.captions))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        epoch, position, index = key
+        i, j = self.pairs[index]
+        record = self.records[i]
+        view = 0
+        if len(self.views) > 1:
+            view = int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0]) % len(self.views)
+        tokens = self.views[view].lookup([record.image_id])[0].view(-1, self.token_dim)
+        return {"image": tokens, "caption": record.captions[j], "image_id": record.image_id}
+
+
 def skipped_images(log: Path) -> list[dict]:
     """The distinct files a run skipped (each worker and each epoch logs its own encounters)."""
     seen = {}

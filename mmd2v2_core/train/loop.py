@@ -38,6 +38,7 @@ from ..eval.retrieval import recall_at_k
 from ..losses import (LearnableTemperature, TeacherMemoryBank, contrastive_distillation_terms, gather_no_grad,
                       itc_loss, kd_regression_terms, shre_kd_terms)
 from ..progress import progress
+from ..student.frontend_cache import CachedFrontEnd
 from ..student.init import freeze_embeddings
 from ..student.presets import build_student, get_preset
 from ..teachers.cache import TargetCache, dataset_fingerprint, fingerprint
@@ -47,7 +48,7 @@ from ..teachers.targets import compute_target
 from ..teachers.whitening import TargetWhitening
 from .checkpoint import (check_compatible, find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint,
                          set_rng_state)
-from .data import StepSampler, TrainPairs, View, skipped_images
+from .data import CachedPairs, StepSampler, TrainPairs, View, skipped_images
 
 SKIPPED_LOG = "skipped_images.jsonl"
 
@@ -252,8 +253,8 @@ def _collate(tokenizer: CaptionTokenizer):
     return collate
 
 
-def evaluate_val(student: nn.Module, split: RetrievalSplit, transform, tokenizer, device) -> dict:
-    emb = embed_split(student, split, transform, tokenizer, batch_size=256, device=device)
+def evaluate_val(student: nn.Module, split: RetrievalSplit, images, tokenizer, device) -> dict:
+    emb = embed_split(student, split, images, tokenizer, batch_size=256, device=device)
     return recall_at_k(emb.image, emb.text, emb.text_to_image)
 
 
@@ -356,9 +357,19 @@ def train(cfg: TrainConfig) -> TrainResult:
     tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=preset.config.max_text_len)
     s_cfg = preset.config
     view = ImageTransformConfig(size=s_cfg.image_size)
-    dataset = TrainPairs(records, cfg.data.crop_scale, cfg.data.hflip, View(view.size, view.mean, view.std),
-                         targets.view, cfg.optim.seed, skipped_log=out_dir / SKIPPED_LOG)
     val_split = RetrievalSplit.from_index(cfg.data.root, cfg.data.val_split)
+    if cfg.student.frontend_cache:  # the frozen front end's outputs, computed once: a step is the trainable part
+        if targets.teacher is not None:
+            raise ConfigError("student.frontend_cache needs the teacher's targets from teacher.cache (or no teacher): "
+                              "an online teacher needs the pixels of every step")
+        frontend = CachedFrontEnd(student, cfg.student.frontend_cache, device, num_workers=cfg.data.num_workers)
+        views = [frontend.cache(cfg.data.root, cfg.data.train_split, v) for v in range(1 + cfg.data.rendering_views)]
+        dataset = CachedPairs(records, views, student.image_embed.token_dim, cfg.optim.seed)
+        val_images = frontend
+    else:
+        dataset = TrainPairs(records, cfg.data.crop_scale, cfg.data.hflip, View(view.size, view.mean, view.std),
+                             targets.view, cfg.optim.seed, skipped_log=out_dir / SKIPPED_LOG)
+        val_images = eval_transform(view)
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay),
                                   lr=cfg.optim.lr * cfg.optim.batch_size / 256, betas=cfg.optim.betas, eps=cfg.optim.eps)
@@ -398,10 +409,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
         logger.log(step, "init", {"image": init_report["image"], "text": init_report["text"],
                                   "resumed_from": str(resume_from) if resume_from else ""})
-    eval_tf = eval_transform(view)
 
     def validate() -> dict:
-        metrics = evaluate_val(student, val_split, eval_tf, tokenizer, device)
+        metrics = evaluate_val(student, val_split, val_images, tokenizer, device)
         val_history.append({"step": step, **metrics})
         logger.log(step, "val", metrics)
         model.train()

@@ -1,0 +1,94 @@
+"""The seed's and the thesis' qualitative claims, each checked against the study's measurements.
+
+A claim compares two runs (or a run against chance) on one quantity; its verdict is computed, never written:
+
+* **reproduced** — the difference has the claimed sign and is larger than the seed-to-seed spread
+  (the larger of the two runs' ranges over seeds);
+* **contradicted** — the opposite sign, larger than the spread;
+* **within noise** — smaller than the spread (or one seed only: no spread to judge against).
+
+Recall is also given as a multiple of chance (image→text R@1 of a random ranking ≈ 100 / images), so the 5K and
+the 1K test sets compare.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    a: str  # run whose value should be the larger (per the claim)
+    b: str | None  # the other run; None: compare ``a`` with ``a``'s own other ``key_b``
+    key: str = "mean"
+    key_b: str | None = None  # compare two metrics of one run (e.g. i2t vs t2i)
+    at_least: bool = False  # "≥": a tie within noise agrees with the claim
+
+
+CLAIMS = (
+    Claim("KD-only MM-D2V2 aligns the towers (strong teacher vs unaligned)", "mmd2v2_6", "unaligned"),
+    Claim("A strong teacher beats a weak one (MM-D2V2, KD only)", "mmd2v2_6", "mmd2v2_6_weak"),
+    Claim("5+2 ≥ 5+1 (MM-D2V2 layouts)", "mmd2v2_7_2", "mmd2v2_6", at_least=True),
+    Claim("5+1 ≥ 6+1 (MM-D2V2 layouts)", "mmd2v2_6", "mmd2v2_7", at_least=True),
+    Claim("Image→text beats text→image (S-SMKE, R@1)", "smke", None, key="i2t_r1", key_b="t2i_r1"),
+    Claim("S-SMKE beats MM-D2V2 5+1", "smke", "mmd2v2_6"),
+    Claim("A pretrained teacher beats none (S-SMKE vs ITC only)", "smke", "smke_no_teacher"),
+    Claim("Separate attention ≥ shared attention (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_shared", at_least=True),
+    Claim("Rendering views help zero-shot transfer (S-SMKE)", "smke", "smke_no_views"),
+)
+
+
+def _values(results: list[dict], dataset: str, key: str) -> list[float]:
+    return [r["metrics"][key] for r in results if r["dataset"] == dataset]
+
+
+def verdict(diff: float, spread: float, seeds: int, at_least: bool = False) -> str:
+    if seeds < 2:
+        return "one seed: no spread to judge"
+    if abs(diff) <= spread:
+        return "within noise (agrees: ≥)" if at_least else "within noise"
+    return "reproduced" if diff > 0 else "contradicted"
+
+
+def check_claims(results_of, datasets: tuple[str, ...], claims=CLAIMS) -> list[dict]:
+    """``results_of(run) -> list of per-seed result dicts`` (as ``Study.results``); one row per claim and dataset
+    whose runs exist."""
+    rows = []
+    for claim in claims:
+        for dataset in datasets:
+            va = _values(results_of(claim.a), dataset, claim.key)
+            vb = (_values(results_of(claim.b), dataset, claim.key) if claim.b else
+                  _values(results_of(claim.a), dataset, claim.key_b))
+            if not va or not vb:
+                continue
+            seeds = max(len(va), len(vb))  # the unaligned towers are untrained: one seed says it all
+            spread = max(max(va) - min(va), max(vb) - min(vb))
+            diff = statistics.fmean(va) - statistics.fmean(vb)
+            rows.append({"claim": claim.text, "dataset": dataset, "a": statistics.fmean(va), "b": statistics.fmean(vb),
+                         "diff": diff, "spread": spread, "seeds": seeds,
+                         "verdict": verdict(diff, spread, seeds, claim.at_least)})
+    return rows
+
+
+def chance_multiple(result: dict) -> float:
+    """Image→text R@1 as a multiple of a random ranking's (≈ 100 / images)."""
+    return result["metrics"]["i2t_r1"] / (100 / result["images"])
+
+
+def findings_markdown(rows: list[dict], unaligned: list[dict]) -> str:
+    lines = ["| claim (seed / thesis) | test set | measured | other | difference | seed spread | verdict |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['claim']} | {r['dataset']} | {r['a']:.2f} | {r['b']:.2f} | {r['diff']:+.2f} | "
+                     f"{r['spread']:.2f} | {r['verdict']} |")
+    for u in unaligned:
+        multiple = chance_multiple(u)
+        verdict_text = "reproduced" if multiple < 5 else "contradicted"
+        lines.append(f"| Unaligned towers ≈ chance (I→T R@1 as × chance) | {u['dataset']} | {multiple:.1f}× | 1× | "
+                     f"| | {verdict_text} (< 5× chance) |")
+    lines += ["", "Measured / other: mean recall (mean of R@1/5/10 both ways, %) averaged over seeds, unless the claim "
+              "names R@1; seed spread: the larger range over seeds of the two; a verdict needs the difference to "
+              "exceed it."]
+    return "\n".join(lines)
