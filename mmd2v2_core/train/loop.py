@@ -28,11 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig, student_overrides, to_dict, to_yaml
-from ..data.datasets import ImageSet, RetrievalSplit
+from ..data.datasets import RetrievalSplit
+from ..data.images import open_rgb
 from ..data.index import read_log_lines, read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
-from ..errors import ConfigError, KitError, clean_worker_errors
+from ..errors import ConfigError, DataError, KitError, clean_worker_errors
 from ..eval.embed import embed_split
 from ..eval.retrieval import recall_at_k
 from ..losses import (LearnableTemperature, TeacherMemoryBank, contrastive_distillation_terms, gather_no_grad,
@@ -210,14 +211,21 @@ class _Targets:
 
     def whiten_to(self, dim: int, records) -> None:
         """Fit the whitening on the training targets: all of the cache, or the online teacher's on the first
-        ``teacher.whiten_sample`` training images (un-augmented view, a fixed choice: resumes refit the same)."""
+        ``teacher.whiten_sample`` readable training images (un-augmented view, a fixed choice: resumes refit the
+        same; an image that broke after indexing is left out here and skipped, with a note, by training)."""
         if self.cache is not None:
             raw = self.cache.all()
         else:
-            sample = ImageSet(records[:self.cfg.teacher.whiten_sample], eval_transform(self.preprocess))
+            transform = eval_transform(self.preprocess)
+            images = []
+            for record in records[:self.cfg.teacher.whiten_sample]:
+                try:
+                    images.append(transform(open_rgb(record.path)))
+                except DataError:
+                    continue
             with torch.no_grad():
-                raw = torch.cat([self._teacher_targets(batch["image"]).cpu()
-                                 for batch in clean_worker_errors(DataLoader(sample, batch_size=64))])
+                raw = torch.cat([self._teacher_targets(torch.stack(images[i:i + 64])).cpu()
+                                 for i in range(0, len(images), 64)])
         self.whitening = TargetWhitening.fit(self._normalized(raw), dim).to(self.device)
         self.dim = dim
 
@@ -313,7 +321,6 @@ def load_trained_student(path: str | Path) -> tuple[nn.Module, TrainConfig]:
     import yaml
 
     from ..config import from_dict
-    from ..errors import DataError
     from ..student.model import MultimodalStudent, StudentConfig
 
     path = Path(path)
