@@ -1,6 +1,8 @@
 """Front ends: the frozen part's output (what a cache stores) gives exactly what pixels give; frozen parts stay
 frozen; the stem is the packaged EfficientNet-Lite0's first stages; the cache is fingerprinted and resumable."""
 
+import json
+
 import pytest
 import torch
 
@@ -80,8 +82,10 @@ def test_frontend_cache_is_built_once_fingerprinted_and_trains_the_same_student(
 
     data = smoke_data["synth-coco"]
     student, _ = build_student(get_preset("mmd2v2_6", "smoke"))
+    stats = student.image_embed.stem[1].running_mean.clone()
     source = CachedFrontEnd(student, tmp_path / "frontend")
     cache = source.cache(data, "val")
+    assert torch.equal(student.image_embed.stem[1].running_mean, stats)  # frozen means frozen: BatchNorm too
     assert cache.meta["dim"] == 4 * 112 and cache.meta["fingerprint"]["frontend"].startswith("efficientnet-lite0")
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "frontend").rglob("*.npy")}
     split = RetrievalSplit.from_index(data, "val")
@@ -97,7 +101,13 @@ def test_frontend_cache_is_built_once_fingerprinted_and_trains_the_same_student(
     cfg = load_config("smoke", [f"data.root={data}", f"run.out_dir={tmp_path / 'run'}", "optim.steps=20",
                                 f"teacher.cache={tmp_path / 'targets'}", f"student.frontend_cache={tmp_path / 'frontend'}"])
     result = train(cfg)
-    assert result.val_history[-1]["mean"] > result.val_history[0]["mean"]
+    assert result.step == 20
+    from mmd2v2_core.cli import main
+
+    main(["eval", "retrieval", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "step_0000020"), "--data",
+          str(data), "--split", "val", "--frontend-cache", str(tmp_path / "frontend"), "--out", str(tmp_path / "r.json")])
+    scored = json.loads((tmp_path / "r.json").read_text())["metrics"]["mean"]
+    assert scored == pytest.approx(result.val_history[-1]["mean"], abs=1e-6)  # the same cached rows as validation
     online = load_config("smoke", [f"data.root={data}", f"run.out_dir={tmp_path / 'online'}",
                                    f"student.frontend_cache={tmp_path / 'frontend'}"])
     with pytest.raises(Exception, match="needs the teacher's targets from teacher.cache"):

@@ -128,7 +128,9 @@ class StemFrontEnd(FrontEnd):
 
     def __init__(self, cfg):
         super().__init__()
-        self.stem = efficientnet_stem(cfg.image_stem_stage).requires_grad_(False)
+        # eval mode from the start: its BatchNorm must use (and never update) the ImageNet running statistics,
+        # also when a cache is built before anyone calls .train()/.eval() on the student
+        self.stem = efficientnet_stem(cfg.image_stem_stage).requires_grad_(False).eval()
         grid = cfg.image_size // STEM_STRIDES[cfg.image_stem_stage]
         self.token_dim = STEM_CHANNELS[cfg.image_stem_stage]
         self.summary = f"efficientnet-lite0 stages 0-{cfg.image_stem_stage} at {cfg.image_size} px"
