@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import Block, ModalityBlock
-from .frontends import PatchFrontEnd, StemFrontEnd, TextFrontEnd
+from .frontends import PatchFrontEnd, StemFrontEnd, TextFrontEnd, efficientnet_stem
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,8 @@ class MultimodalStudent(nn.Module):
         # The body is initialised before the heads exist, so its weights are the same whichever teacher
         # (KD head width, class head or none) the student is trained against.
         self.apply(_init_fresh)
+        if cfg.image_stem:  # a frozen stem keeps timm's initialisation (pretrained weights are copied in later)
+            self.image_embed.stem = efficientnet_stem(cfg.image_stem_stage).requires_grad_(False).eval()
         self.kd_head = nn.Sequential(nn.LayerNorm(cfg.width, eps=cfg.eps), nn.Linear(cfg.width, cfg.kd_dim)) \
             if cfg.kd_dim and cfg.kd_head else None
         self.class_head = nn.Linear(cfg.width, cfg.num_classes) if cfg.num_classes else None
