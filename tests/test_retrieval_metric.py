@@ -9,13 +9,16 @@ from mmd2v2_core.eval.retrieval import RECALL_KEYS, ranks_from_scores, recall_at
 
 
 def reference_ranks(scores: np.ndarray, t2i: np.ndarray):
-    """Obviously correct: sort every query's candidates (stable, descending) and look for the answer."""
-    i2t = []
+    """Obviously correct: sort every query's candidates (stable, descending) and look for the answer.
+    Returns image→text ranks, each image's best-ranked caption, and text→image ranks."""
+    i2t, best = [], []
     for i in range(scores.shape[0]):
         order = list(np.argsort(-scores[i], kind="stable"))
-        i2t.append(min(order.index(j) for j in np.flatnonzero(t2i == i)))
+        rank, caption = min((order.index(j), j) for j in np.flatnonzero(t2i == i))
+        i2t.append(rank)
+        best.append(caption)
     t2i_ranks = [list(np.argsort(-scores[:, j], kind="stable")).index(t2i[j]) for j in range(scores.shape[1])]
-    return np.array(i2t), np.array(t2i_ranks)
+    return np.array(i2t), np.array(best), np.array(t2i_ranks)
 
 
 def clip_benchmark_recall(scores: torch.Tensor, t2i: torch.Tensor, k: int):
@@ -60,7 +63,7 @@ def test_equals_reference_on_random_embeddings(per_image):
     imgn = img / np.linalg.norm(img, axis=1, keepdims=True)
     txtn = txt / np.linalg.norm(txt, axis=1, keepdims=True)
     scores = torch.from_numpy(imgn) @ torch.from_numpy(txtn).T
-    ref_i2t, ref_t2i = reference_ranks(scores.numpy(), t2i)
+    ref_i2t, _, ref_t2i = reference_ranks(scores.numpy(), t2i)
     assert ranks.i2t.tolist() == ref_i2t.tolist() and ranks.t2i.tolist() == ref_t2i.tolist()
     metrics = recall_at_k(img, txt, t2i)
     assert list(metrics) == [*RECALL_KEYS, "mean"]
@@ -75,7 +78,7 @@ def test_chunking_does_not_change_ranks():
     t2i = np.repeat(np.arange(50), 5)
     img, txt = rng.normal(size=(50, 8)), rng.normal(size=(250, 8))
     whole = retrieval_ranks(img, txt, t2i, chunk_bytes=2**30)
-    tiny = retrieval_ranks(img, txt, t2i, chunk_bytes=4 * 250 * 3)  # 3 rows per chunk
+    tiny = retrieval_ranks(img, txt, t2i, chunk_bytes=4 * 250 * 3)  # tiles of 13 × 54 scores
     assert torch.equal(whole.i2t, tiny.i2t) and torch.equal(whole.t2i, tiny.t2i)
 
 
@@ -88,6 +91,53 @@ def test_ties_are_broken_by_index():
     assert ranks.i2t.tolist() == [0, 2, 4, 6]  # first own caption
     assert ranks.t2i.tolist() == t2i  # own image's row
     assert recall_at_k(img, txt, t2i, ks=(1,)) == recall_at_k(img, txt, t2i, ks=(1,))
+
+
+def tied_case(seed: int, n: int = 40):
+    """Embeddings whose scores are exact in any summation order, with many exact ties: unit vectors
+    with four entries ±1/2 in 8 dimensions score multiples of 1/4. Captions come in shuffled order,
+    1 to 7 per image, some copying another caption or their image's embedding."""
+    rng = np.random.default_rng(seed)
+    t2i = rng.permutation(np.repeat(np.arange(n), rng.integers(1, 8, n)))
+
+    def unit(count):
+        v = np.zeros((count, 8), np.float32)
+        for row in v:
+            row[rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        return v
+
+    img, txt = unit(n), unit(len(t2i))
+    copies = rng.choice(len(t2i), len(t2i) // 4)
+    txt[copies] = txt[rng.choice(len(t2i), len(copies))]
+    own = rng.choice(len(t2i), len(t2i) // 8)
+    txt[own] = img[t2i[own]]
+    return img, txt, t2i
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 1000, 4 * 2**10, 2**30])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_brute_force_with_exact_ties(seed, chunk_bytes):
+    img, txt, t2i = tied_case(seed)
+    scores = img.astype(np.float64) @ txt.T.astype(np.float64)
+    assert len(np.unique(scores)) <= 9  # nearly every score ties with many others
+    ref_i2t, ref_best, ref_t2i = reference_ranks(scores, t2i)
+    for ranks in (retrieval_ranks(img, txt, t2i, chunk_bytes=chunk_bytes),
+                  ranks_from_scores(scores, t2i, chunk_bytes=chunk_bytes)):
+        assert ranks.i2t.tolist() == ref_i2t.tolist()
+        assert ranks.i2t_best_caption.tolist() == ref_best.tolist()
+        assert ranks.t2i.tolist() == ref_t2i.tolist()
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 1000, 2**30])
+def test_grouped_captions_with_ties(chunk_bytes):
+    # Captions in image order (as in Karpathy splits) take the one-comparison path in pass 2.
+    img, txt, t2i = tied_case(3, n=60)
+    grouped = np.argsort(t2i, kind="stable")
+    txt, t2i = txt[grouped], t2i[grouped]
+    ref_i2t, ref_best, ref_t2i = reference_ranks(img.astype(np.float64) @ txt.T.astype(np.float64), t2i)
+    ranks = retrieval_ranks(img, txt, t2i, chunk_bytes=chunk_bytes)
+    assert ranks.i2t.tolist() == ref_i2t.tolist() and ranks.i2t_best_caption.tolist() == ref_best.tolist()
+    assert ranks.t2i.tolist() == ref_t2i.tolist()
 
 
 def test_perfect_and_random_models():

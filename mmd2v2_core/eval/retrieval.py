@@ -16,12 +16,17 @@ ascending row index (a stable sort). So the rank of
 candidate c for a query is ``#{score > s_c} + #{score == s_c and index < c}``. The same scores always
 give the same ranks, whatever the chunking or device.
 
-The score matrix is never held whole: queries go through in chunks sized to ``chunk_bytes`` of
-scores (5,000 × 25,010 at D=768 fits in a few hundred MB of extra memory), on the inputs' device.
+The score matrix is never held whole, and each score is computed once and serves both directions:
+it goes through in tiles of ``chunk_bytes`` (blocks of image rows × runs of captions), on the inputs'
+device; see ``_sweep``. Extra memory beyond the normalised embeddings is a few tiles plus one block
+of images against its own captions (tens of MB at COCO-5K size). Which scores go into one BLAS
+product depends on ``chunk_bytes``, and a product can round its last bit differently by shape, so a
+different ``chunk_bytes`` can flip a near-tie by one place; ranks from the same scores never change.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+DEFAULT_CHUNK_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -78,52 +83,107 @@ def _check_mapping(t2i: torch.Tensor, n: int, m: int) -> None:
         raise ValueError("every image needs at least one caption (image→text recall is undefined otherwise)")
 
 
-def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Rank of column ``target[q]`` in row q of ``scores`` under the stable descending order."""
-    s_target = scores.gather(1, target[:, None])
-    cols = torch.arange(scores.shape[1], device=scores.device)
-    ahead = (scores > s_target) | ((scores == s_target) & (cols[None, :] < target[:, None]))
-    return ahead.sum(1)
+def _captions_by_image(t2i: torch.Tensor, n: int) -> tuple[torch.Tensor, list[int]]:
+    """Caption indices grouped by image and the group boundaries: image i owns ``order[off[i]:off[i+1]]``."""
+    order = torch.argsort(t2i, stable=True)
+    off = [0, *torch.bincount(t2i, minlength=n).cumsum(0).tolist()]
+    return order, off
 
 
-def _image_query_ranks(scores: torch.Tensor, rows: torch.Tensor, t2i: torch.Tensor):
-    """For image rows ``rows`` (scores [c, M]): rank of the best-ranked own caption, and which caption."""
-    positive = t2i[None, :] == rows[:, None]
-    best_score = scores.masked_fill(~positive, float("-inf")).amax(1, keepdim=True)
-    # The best-ranked positive is the highest-scoring one, the lowest index among equals.
-    best = (positive & (scores == best_score)).to(torch.uint8).argmax(1)
-    return _rank_of(scores, best), best
+def _tile_shape(n: int, m: int, chunk_bytes: int) -> tuple[int, int]:
+    """Rows and columns of a score tile of about ``chunk_bytes``, four times wider than tall when there
+    are enough captions: at 4 MiB such tiles stay in cache between the product and the comparisons."""
+    floats = max(1, chunk_bytes // 4)
+    width = max(1, min(m, 2 * math.isqrt(floats)))
+    return max(1, min(n, floats // width)), width
 
 
-def _rows_per_chunk(n_cols: int, chunk_bytes: int) -> int:
-    return max(1, chunk_bytes // (4 * max(n_cols, 1)))
+def _as_slice(cols: torch.Tensor) -> slice | torch.Tensor:
+    """Ascending distinct indices as a slice (a view, no gather) when they are a run, else unchanged."""
+    first, last = int(cols[0]), int(cols[-1])
+    return slice(first, last + 1) if last - first + 1 == len(cols) else cols
 
 
-def ranks_from_scores(scores, text_to_image) -> RetrievalRanks:
+def _ahead(scores: torch.Tensor, target: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """The stable descending order: a candidate is ahead of the target if it scores higher, or equal
+    with a lower index (``before``)."""
+    return (scores > target) | ((scores == target) & before)
+
+
+def _sweep(score, t2i: torch.Tensor, n: int, chunk_bytes: int) -> RetrievalRanks:
+    """Ranks from ``score(rows, cols)``, which returns the [rows, cols] block of the score matrix.
+
+    Every score is asked for once. Pass 1 scores each block of images against its own captions: that
+    fixes every target score, and it is where both directions need the index comparison of the tie
+    rule. Pass 2 scores the blocks against all other captions; a caption's image is then outside the
+    block, so one comparison per score and direction decides, against the target score or the float
+    just below it (``s >= t`` is ``s > nextafter(t, -inf)``).
+    """
+    m, dev = len(t2i), t2i.device
+    height, width = _tile_shape(n, m, chunk_bytes)
+    order, off = _captions_by_image(t2i, n)
+    blocks = [(slice(a, min(a + height, n)), order[off[a]:off[min(a + height, n)]].sort().values)
+              for a in range(0, n, height)]
+    pos = torch.empty(m, device=dev)  # each caption's score with its own image
+    best_score = torch.empty(n, device=dev)
+    best = torch.empty(n, dtype=torch.long, device=dev)
+    i2t_rank = torch.zeros(n, dtype=torch.long, device=dev)
+    t2i_rank = torch.zeros(m, dtype=torch.long, device=dev)
+
+    for rows, own in blocks:
+        band = score(rows, _as_slice(own))
+        local = t2i[own] - rows.start
+        pos[own] = band[local, torch.arange(len(own), device=dev)]
+        # Best own caption: highest score, lowest index among equals.
+        best_score[rows] = torch.full((band.shape[0],), float("-inf"), device=dev).scatter_reduce(
+            0, local, pos[own], "amax")
+        candidates = torch.where(pos[own] == best_score[t2i[own]], own, m)
+        best[rows] = torch.full((band.shape[0],), m, device=dev).scatter_reduce(0, local, candidates, "amin")
+        i2t_rank[rows] += _ahead(band, best_score[rows, None], own < best[rows, None]).sum(1)
+        images = torch.arange(rows.start, rows.stop, device=dev)[:, None]
+        t2i_rank[own] += _ahead(band, pos[own], images < t2i[own]).sum(0)
+
+    minus_inf = torch.tensor(float("-inf"), device=dev)
+    below_best, below_pos = torch.nextafter(best_score, minus_inf), torch.nextafter(pos, minus_inf)
+    # Comparisons land in floats: compare-and-sum into fp32 is several times faster than bool on CPU,
+    # and counts up to a tile's side are exact.
+    buffer = torch.empty(height, width, device=dev)
+    is_own = torch.zeros(m, dtype=torch.bool, device=dev)
+    for rows, own in blocks:
+        is_own[own] = True
+        rest = (~is_own).nonzero().squeeze(1)
+        is_own[own] = False
+        b, b_below, b_col = best_score[rows, None], below_best[rows, None], best[rows, None]
+        bounds = torch.tensor([int(b_col.min()), int(b_col.max()) + 1], device=dev)
+        for start in range(0, len(rest), width):
+            cols = rest[start:start + width]
+            scores = score(rows, _as_slice(cols))
+            buf = buffer[: scores.shape[0], : scores.shape[1]]
+            # image→text: captions before every row's best caption count when >=, after all when >;
+            # only those in between (none when captions come grouped by image) need the full rule.
+            lo, hi = torch.searchsorted(cols, bounds).tolist()
+            torch.gt(scores[:, :lo], b_below, out=buf[:, :lo])
+            torch.gt(scores[:, hi:], b, out=buf[:, hi:])
+            buf[:, lo:hi] = _ahead(scores[:, lo:hi], b, cols[lo:hi] < b_col)
+            i2t_rank[rows] += buf.sum(1).long()
+            # text→image: images before the caption's own count when >=, after it when >.
+            torch.gt(scores, torch.where(t2i[cols] < rows.start, pos[cols], below_pos[cols]), out=buf)
+            t2i_rank[cols] += buf.sum(0).long()
+    return RetrievalRanks(i2t=i2t_rank, i2t_best_caption=best, t2i=t2i_rank)
+
+
+def ranks_from_scores(scores, text_to_image, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> RetrievalRanks:
     """Ranks from a ready [N images, M captions] score matrix (hand-made cases, external scores)."""
     scores = torch.as_tensor(scores, dtype=torch.float32)
     t2i = torch.as_tensor(text_to_image, dtype=torch.long, device=scores.device)
     _check_mapping(t2i, *scores.shape)
-    i2t, best = _image_query_ranks(scores, torch.arange(scores.shape[0], device=scores.device), t2i)
-    return RetrievalRanks(i2t=i2t, i2t_best_caption=best, t2i=_rank_of(scores.T.contiguous(), t2i))
+    return _sweep(lambda rows, cols: scores[rows][:, cols], t2i, scores.shape[0], chunk_bytes)
 
 
 def retrieval_ranks(image_emb, text_emb, text_to_image, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> RetrievalRanks:
-    """Ranks from embeddings, computing the score matrix chunk by chunk on the embeddings' device."""
+    """Ranks from embeddings, computing the score matrix tile by tile on the embeddings' device."""
     img, txt, t2i = _check(image_emb, text_emb, text_to_image)
-    n, m = img.shape[0], txt.shape[0]
-    i2t_rank = torch.empty(n, dtype=torch.long, device=img.device)
-    i2t_best = torch.empty(n, dtype=torch.long, device=img.device)
-    step = _rows_per_chunk(m, chunk_bytes)
-    for start in range(0, n, step):
-        rows = torch.arange(start, min(start + step, n), device=img.device)
-        i2t_rank[rows], i2t_best[rows] = _image_query_ranks(img[rows] @ txt.T, rows, t2i)
-    t2i_rank = torch.empty(m, dtype=torch.long, device=img.device)
-    step = _rows_per_chunk(n, chunk_bytes)
-    for start in range(0, m, step):
-        rows = slice(start, start + step)
-        t2i_rank[rows] = _rank_of(txt[rows] @ img.T, t2i[rows])
-    return RetrievalRanks(i2t=i2t_rank, i2t_best_caption=i2t_best, t2i=t2i_rank)
+    return _sweep(lambda rows, cols: img[rows] @ txt[cols].T, t2i, img.shape[0], chunk_bytes)
 
 
 def recall_at_k(image_emb, text_emb, text_to_image, ks=(1, 5, 10),
