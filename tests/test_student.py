@@ -198,3 +198,17 @@ def test_embedded_layouts_are_scaled_down_versions_of_the_seed_layouts():
     layouts = {a: (get_preset(a, "embedded").config.n_specific, get_preset(a, "embedded").config.n_shared)
                for a in ARCHS}
     assert layouts == {"mmd2v2_6": (2, 1), "mmd2v2_7": (3, 1), "mmd2v2_7_2": (2, 2), "smke": (3, 1)}
+
+
+def test_fresh_layers_use_bert_init_at_real_width_and_fan_in_init_when_narrow():
+    """Std 0.02 is BERT's choice for width 768; the narrow sizes keep PyTorch's fan-in-scaled default
+    (kaiming-uniform: std = 1/sqrt(3·fan_in)), under which the embedded student learns (0.02 left it near chance)."""
+    torch.manual_seed(0)
+    real_like = MultimodalStudent(StudentConfig(**{**SMALL, "width": 128, "heads": 4}))
+    narrow = MultimodalStudent(StudentConfig(**{**SMALL, "width": 128, "heads": 4, "init_std": None}))
+    for name in ("specific.0.image.mlp.fc1.weight", "shared.0.mlp.fc2.weight"):
+        bert, fan_in = dict(real_like.named_parameters())[name], dict(narrow.named_parameters())[name]
+        assert bert.std().item() == pytest.approx(0.02, rel=0.1)
+        assert fan_in.std().item() == pytest.approx((3 * fan_in.shape[1]) ** -0.5, rel=0.1)
+    assert SIZES["embedded"]["init_std"] is None and SIZES["smoke"]["init_std"] is None
+    assert "init_std" not in SIZES["real"]  # the real presets' fresh layers (heads, type embedding) keep 0.02

@@ -21,6 +21,7 @@ student's width. S-SMKE maps the CLS through LayerNorm + Linear to the target's 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,10 @@ class StudentConfig:
     freeze_text_frontend: bool = False
     num_classes: int = 0  # SHRe class head (KL on teacher logits); 0: none
     eps: float = 1e-6
+    # std of the truncated-normal init of layers not copied from a pretrained model (BERT/timm: 0.02, made for
+    # width 768); None: PyTorch's fan-in-scaled default, which narrow students need — at width 128, std 0.02
+    # left the embedded KD-only student at synth-coco 5K mean recall 23 % after 150 steps, the default at 66 %.
+    init_std: float | None = 0.02
 
     def __post_init__(self):
         from ..errors import ConfigError
@@ -109,7 +114,7 @@ class MultimodalStudent(nn.Module):
         self.shared = nn.ModuleList(_block(cfg, True) for _ in range(cfg.n_shared))
         # The body is initialised before the heads exist, so its weights are the same whichever teacher
         # (KD head width, class head or none) the student is trained against.
-        self.apply(_init_fresh)
+        self.apply(partial(_init_fresh, std=cfg.init_std))
         if cfg.image_stem:  # a frozen stem keeps timm's initialisation (pretrained weights are copied in later)
             self.image_embed.stem = efficientnet_stem(cfg.image_stem_stage).requires_grad_(False).eval()
         self.kd_head = nn.Sequential(nn.LayerNorm(cfg.width, eps=cfg.eps), nn.Linear(cfg.width, cfg.kd_dim)) \
@@ -117,7 +122,7 @@ class MultimodalStudent(nn.Module):
         self.class_head = nn.Linear(cfg.width, cfg.num_classes) if cfg.num_classes else None
         for head in (self.kd_head, self.class_head):
             if head is not None:
-                head.apply(_init_fresh)
+                head.apply(partial(_init_fresh, std=cfg.init_std))
         if cfg.freeze_image_frontend:
             self.image_embed.requires_grad_(False)
         if cfg.image_stem:
@@ -184,14 +189,15 @@ class MultimodalStudent(nn.Module):
         return asdict(self.cfg)
 
 
-def _init_fresh(module: nn.Module) -> None:
-    """BERT-style init for everything not copied from a pretrained model."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+def _init_fresh(module: nn.Module, std: float | None) -> None:
+    """Init of everything not copied from a pretrained model: BERT-style truncated normal of ``std``, or (None)
+    the fan-in-scaled default each PyTorch layer was constructed with."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)) and std is not None:
+        nn.init.trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+    elif isinstance(module, nn.Embedding) and std is not None:
+        nn.init.trunc_normal_(module.weight, std=std)
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
