@@ -147,7 +147,7 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     student, cfg = load_trained_student(args.checkpoint)
     transform, tokenizer = student_inputs(student, cfg.data.tokenizer, args.frontend_cache, args.device)
     result = evaluate_retrieval(student, args.data, args.split, transform, tokenizer,
-                                batch_size=args.batch_size, device=args.device)
+                                batch_size=args.batch_size, device=args.device, precision=args.precision)
     result.update(row=args.row or f"{cfg.student.preset} ({cfg.student.size}, teacher {cfg.teacher.name})",
                   checkpoint=str(Path(args.checkpoint).resolve()), config=to_dict(cfg))
     m = result["metrics"]
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--row", default=None, help="row label in the report tables")
     retrieval.add_argument("--batch-size", type=_at_least(1), default=256)
     retrieval.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:<n> | mps")
+    retrieval.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                           help="encode under bfloat16 autocast (faster on CPUs with AMX and on GPUs)")
     retrieval.add_argument("--frontend-cache", type=Path, default=None,
                            help="read (or first compute) the student's frozen front-end outputs here")
     retrieval.set_defaults(func=_eval_retrieval)

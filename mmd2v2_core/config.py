@@ -102,7 +102,7 @@ class RunConfig:
     out_dir: str = "runs/default"
     resume: str | None = None  # latest | a checkpoint folder | None
     checkpoint_every: int = 200
-    val_every: int = 200
+    val_every: int = 200  # 0: never validate (the study scores each run on the test splits right after)
     val_at_start: bool = True  # validate the untrained student first (the curves' step-0 baseline)
     log_every: int = 10
     tensorboard: bool = True
@@ -182,7 +182,7 @@ def limits() -> dict[str, Range | tuple[str, ...]]:
         "optim.precision": ("fp32", "bf16", "fp16"),
         "optim.seed": Range(0, 2**32 - 1),  # what numpy and the sampler's generator accept
         "run.checkpoint_every": Range(1),
-        "run.val_every": Range(1),
+        "run.val_every": Range(0),
         "run.log_every": Range(1),
     }
 

@@ -60,6 +60,17 @@ def test_embeddings_are_the_models_outputs_in_eval_mode(smoke_data, tokenizer, m
     assert not emb.image.requires_grad
 
 
+
+def test_bf16_encoding_runs_the_encoders_under_autocast_and_stays_close_to_fp32(smoke_data, tokenizer, model):
+    split = RetrievalSplit.from_index(smoke_data["synth-flickr"], "test")
+    full = embed_split(model, split, TRANSFORM, tokenizer, batch_size=40)
+    half = embed_split(model, split, TRANSFORM, tokenizer, batch_size=40, precision="bf16")
+    assert half.image.dtype == torch.float32 and not torch.equal(half.image, full.image)  # bf16 matmuls ran
+    assert F.cosine_similarity(half.image, full.image).min() > 0.99
+    assert F.cosine_similarity(half.text, full.text).min() > 0.99
+    with pytest.raises(ValueError, match="precision"):
+        embed_split(model, split, TRANSFORM, tokenizer, precision="fp8")
+
 def test_evaluate_retrieval_reports_what_was_measured(smoke_data, tokenizer, model):
     result = evaluate_retrieval(model, smoke_data["synth-flickr"], "test", TRANSFORM, tokenizer, batch_size=64)
     assert result["dataset"] == "synth-flickr" and result["split"] == "test"

@@ -186,14 +186,17 @@ def test_eval_retrieval_command_on_a_checkpoint(smoke_data, tmp_path, capsys):
     from mmd2v2_core.cli import main
     from mmd2v2_core.report.tables import load_references, load_results, render_markdown, seed_tables
 
-    train(_cfg(smoke_data["synth-coco"], tmp_path / "run", "optim.steps=4", "run.val_every=1000"))
+    train(_cfg(smoke_data["synth-coco"], tmp_path / "run", "optim.steps=4", "run.val_every=0", "run.val_at_start=false"))
+    assert '"kind": "val"' not in (tmp_path / "run" / "metrics.jsonl").read_text()  # val_every=0: never validated
     ckpt = tmp_path / "run" / "checkpoints" / "step_0000004"
     out = tmp_path / "flickr.json"
     assert main(["eval", "retrieval", "--checkpoint", str(ckpt), "--data", str(smoke_data["synth-flickr"]),
-                 "--split", "test", "--out", str(out), "--row", "smoke student", "--device", "cpu"]) == 0
+                 "--split", "test", "--out", str(out), "--row", "smoke student", "--device", "cpu",
+                 "--precision", "bf16"]) == 0
     assert "synth-flickr test: 128 images, 643 captions" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["row"] == "smoke student" and result["checkpoint"] == str(ckpt.resolve())
+    assert result["precision"] == "bf16"
     assert result["config"]["student"]["preset"] == "mmd2v2_6" and set(result["metrics"]) >= {"i2t_r1", "mean"}
     synthetic = seed_tables(load_references(), load_results([out]))[-1]
     assert "| smoke student |" in render_markdown(synthetic)

@@ -78,13 +78,19 @@ class SplitEmbeddings:
 
 @torch.inference_mode()
 def embed_split(model: Encoder, split: RetrievalSplit, images: Callable | CachedFrontEnd, tokenizer: CaptionTokenizer,
-                batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0) -> SplitEmbeddings:
-    """``images``: a pixel transform, or a ``CachedFrontEnd`` (the student's frozen front-end outputs by id)."""
+                batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
+                precision: str = "fp32") -> SplitEmbeddings:
+    """``images``: a pixel transform, or a ``CachedFrontEnd`` (the student's frozen front-end outputs by id).
+    ``precision="bf16"`` runs the encoders under bfloat16 autocast (the embeddings are stored as float32): on a
+    CPU with AMX it encodes the 25k COCO captions ≈ 2.5× faster."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
     dataset = images.images(split) if isinstance(images, CachedFrontEnd) else split.images(images)
     images, texts = [], []
     # Captions of similar length share a batch, so little compute goes to padding; rows are put back after.
     order = sorted(range(len(split.captions)), key=lambda j: len(split.captions[j]))
-    with eval_mode(model):
+    with eval_mode(model), autocast:
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         for batch in progress(clean_worker_errors(loader), total=len(loader), desc=f"encoding {split.name} images"):
             images.append(model.encode_image(batch["image"].to(device)).float())
@@ -99,13 +105,13 @@ def embed_split(model: Encoder, split: RetrievalSplit, images: Callable | Cached
 
 def evaluate_retrieval(model: Encoder, index_dir: str | Path, split: str, transform: Callable | CachedFrontEnd,
                        tokenizer: CaptionTokenizer, batch_size: int = 256, device: str = "cpu",
-                       num_workers: int = 0) -> dict:
+                       num_workers: int = 0, precision: str = "fp32") -> dict:
     """Encode ``split`` of a prepared dataset and score it: metrics, rank summary and what was measured."""
     from ..data.index import load_manifest
 
     data = RetrievalSplit.from_index(index_dir, split)
     start = time.perf_counter()
-    emb = embed_split(model, data, transform, tokenizer, batch_size, device, num_workers)
+    emb = embed_split(model, data, transform, tokenizer, batch_size, device, num_workers, precision)
     ranks = retrieval_ranks(emb.image, emb.text, emb.text_to_image)
     return {
         "dataset": load_manifest(index_dir)["dataset"],
@@ -113,6 +119,7 @@ def evaluate_retrieval(model: Encoder, index_dir: str | Path, split: str, transf
         "data": str(Path(index_dir).resolve()),
         "images": len(data.records),
         "captions": len(data.captions),
+        "precision": precision,
         "metrics": ranks.recalls(),
         "ranks": ranks.summary(),
         "seconds": round(time.perf_counter() - start, 2),

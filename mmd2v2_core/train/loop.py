@@ -5,7 +5,7 @@
 Per step: a global batch of (image, caption) pairs is split across ranks (and accumulation steps);
 teacher targets come from the cache or from the frozen teacher on the same augmented crop; the losses
 of the config (KD regression, contrastive distillation with a memory bank, SHRe KL, ITC) are weighted
-and summed; AdamW with a linear warm-up and cosine schedule takes the step. Every ``val_every`` steps
+and summed; AdamW with a linear warm-up and cosine schedule takes the step. Every ``val_every`` steps (0: never)
 (and at step 0) the val split is scored by retrieval (mean of R@1/5/10 both ways), the best checkpoint is
 marked; checkpoints every ``checkpoint_every`` steps make ``run.resume=latest`` continue exactly.
 SIGTERM ends the step under way, saves a checkpoint and returns; Ctrl-C (SIGINT) does the same, then raises
@@ -485,7 +485,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 logger.log(step, "train", values)
                 bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{rate:.0f}")
             last_step = step == cfg.optim.steps
-            metrics = validate() if rank == 0 and (step % cfg.run.val_every == 0 or last_step) else None
+            due = cfg.run.val_every and (step % cfg.run.val_every == 0 or last_step)
+            metrics = validate() if rank == 0 and due else None
             is_best = metrics is not None and metrics["mean"] > best
             if is_best:
                 best = metrics["mean"]
