@@ -40,7 +40,8 @@ def test_smoke_study_produces_the_report(smoke_study):
                     "## 04 Teacher ablation", "## 05 Attention and layout ablation", "## 06 Embeddings"):
         assert heading in report
     assert "Not run" not in report
-    assert "| Unaligned towers (step 0) |" in report and "| S-SMKE (ITC + CDL + memory bank) |" in report
+    assert "| Unaligned towers (step 0) |" in report and "| S-SMKE (ITC + contrastive distillation) |" in report
+    assert "What each candidate target encodes" in report and "| pretrained: centred + PCA-whitened to 32 |" in report
     assert "| FLAVA | 42.74 | 76.76 | - |" in report  # quoted rows carried along
     for figure in ("synthetic_samples", "training_curves", "embeddings_tsne", "retrieval_gallery"):
         assert (reports / "figures" / f"{figure}.png").stat().st_size > 5000

@@ -44,6 +44,7 @@ def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) ->
              "| cache | teacher | items | dim | shards computed now | seconds |", "|---|---|---:|---:|---:|---:|"]
     for key, c in caches.items():
         lines.append(f"| {key} | {c['teacher']} | {c['items']:,} | {c['dim']} | {c['computed_shards']} | {c['seconds']} |")
+    lines += target_geometry_lines(study)
     cfg = study.base_config(RUNS["smke"], 0, ["teacher.cache=null"])
     teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
     if teacher.spec.num_classes and photos:
@@ -54,6 +55,41 @@ def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) ->
             lines.append(f"- `{Path(path).name}`: {top[0]['name']} ({top[0]['probability']:.0%})")
     return "\n".join(lines)
 
+
+
+def target_geometry_lines(study: Study) -> list[str]:
+    """Per candidate target (teacher × raw or whitened), the share of its variance each scene attribute explains."""
+    from ..data.datasets import RetrievalSplit
+    from ..student.presets import get_preset
+    from ..teachers.cache import TargetCache
+    from ..teachers.geometry import ATTRIBUTES, attribute_shares
+    from ..teachers.whitening import TargetWhitening
+
+    records = RetrievalSplit.from_index(study.data("synth-coco"), "train").records
+    if not records or "scene" not in records[0].extra:
+        return []
+    cfg = study.base_config(RUNS["mmd2v2_6"], 0)
+    width = get_preset(cfg.student.preset, cfg.student.size).config.width
+    scenes = [r.extra["scene"] for r in records]
+    rows = []
+    for key, label in (("pretrained", "pretrained"), ("random", "random-init")):
+        raw = TargetCache(study.cache(key)).lookup([r.image_id for r in records])
+        for kind, targets in ((f"pooled ({raw.shape[1]}-d)", raw),
+                              (f"centred + PCA-whitened to {width}", TargetWhitening.fit(raw, width)(raw))):
+            rows.append((f"{label}: {kind}", attribute_shares(targets, scenes)))
+    lines = ["", "What each candidate target encodes: the share of its variance (R², train split) that each scene "
+             "attribute explains by a least-squares fit on its indicators (one-hot background and object count; "
+             "per-value object counts of shape, colour, size, position).", "",
+             "| target | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---:|" * len(ATTRIBUTES)]
+    lines += [f"| {name} | " + " | ".join(f"{100 * shares[a]:.0f} %" for a in ATTRIBUTES) + " |" for name, shares in rows]
+    def top(shares: dict[str, float]) -> str:
+        name = max(shares, key=shares.get)
+        return f"{name} ({100 * shares[name]:.0f} %)"
+
+    lines += ["", f"Reading: the pretrained teacher's pooled feature is organised most by {top(rows[0][1])}, the "
+                  f"random-init one's by {top(rows[2][1])}; whitened, no attribute explains more than "
+                  f"{100 * max(max(rows[1][1].values()), max(rows[3][1].values())):.0f} % linearly."]
+    return lines
 
 def training_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> str:
     from ..viz.curves import plot_training_curves
@@ -68,9 +104,9 @@ def training_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> 
              f"`metrics.jsonl`)." if rates else "")
     return "\n".join(["## 02 Distillation pretraining", "",
                       f"{len(runs)} recipes × {len(p.seeds)} seed(s), {p.steps} steps of {p.batch_size} pairs each: "
-                      f"{p.steps * p.batch_size:,} pairs seen per run ({p.layout_note}).{speed} Validation on "
-                      "`synth-coco` val after the last step (the untrained student's level is Table 1's "
-                      "unaligned-towers row).", "",
+                      f"{p.steps * p.batch_size:,} pairs seen per run ({p.layout_note}).{speed} No validation pass: each "
+                      "run is scored on the test splits once, in notebook 03 (the untrained student's level is "
+                      "Table 1's unaligned-towers row).", "",
                       f"![training curves]({_rel(figure, reports_dir)})"])
 
 
