@@ -25,6 +25,7 @@ from common import machine, write_section
 from data_prep.synth import generate
 from mmd2v2_core.config import load_config
 from mmd2v2_core.data.index import read_split
+from mmd2v2_core.data.tokenizer import CaptionTokenizer
 from mmd2v2_core.losses import kd_regression_loss
 from mmd2v2_core.student.presets import build_student, get_preset
 from mmd2v2_core.teachers.cache import build_cache
@@ -77,9 +78,10 @@ def main() -> None:
         student, _ = build_student(get_preset("mmd2v2_6", "embedded"))
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
         tokens = student.image_embed.frozen(torch.randn(args.batch, 3, 64, 64)).detach()
-        ids, mask = torch.randint(0, 30522, (args.batch, 48)), torch.ones(args.batch, 48, dtype=torch.long)
-        mask[:, 20:] = 0  # synthetic captions are ≈ 15–20 tokens; batches are padded to their longest
-        ids, mask = ids[:, :24], mask[:, :24]
+        # the first batch of real training captions, padded to its longest as the trainer does
+        captions = [c for r in read_split(index, "train")[: args.batch] for c in r.captions[:1]]
+        tokenized = CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len)(captions)
+        ids, mask = tokenized["input_ids"], tokenized["attention_mask"]
         target = torch.randn(args.batch, 128)
         for i in range(args.steps // 2 + 2):
             if i == 2:
