@@ -19,7 +19,7 @@ from common import machine, write_section
 
 from data_prep.synth import generate
 from mmd2v2_core.data.datasets import ImageSet
-from mmd2v2_core.data.index import read_split, write_index, load_manifest
+from mmd2v2_core.data.index import image_root, load_manifest, read_split, write_index
 from mmd2v2_core.data.transforms import eval_transform
 from mmd2v2_core.teachers.cache import TargetCache, build_cache
 from mmd2v2_core.teachers.inspect import preprocess_of
@@ -30,9 +30,10 @@ from mmd2v2_core.teachers.targets import compute_target
 def subset_index(data: Path, n: int, out: Path) -> Path:
     """A prepared index holding the first n training images (same files), to keep the benchmark short."""
     manifest = load_manifest(data)
-    rows = [{"image_id": r.image_id, "path": str(r.path), "captions": list(r.captions), "sentids": list(r.sentids)}
-            for r in read_split(data, "train")[:n]]
-    write_index(out, {"dataset": manifest["dataset"], "image_root": "/"}, {"train": rows})
+    root = image_root(data, manifest)  # the subset points at the same files, inside the same image folder
+    rows = [{"image_id": r.image_id, "path": str(r.path.relative_to(root)), "captions": list(r.captions),
+             "sentids": list(r.sentids)} for r in read_split(data, "train")[:n]]
+    write_index(out, {"dataset": manifest["dataset"], "image_root": str(root)}, {"train": rows})
     return out
 
 
