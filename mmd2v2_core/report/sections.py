@@ -56,7 +56,6 @@ def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) ->
     return "\n".join(lines)
 
 
-
 def target_geometry_lines(study: Study) -> list[str]:
     """Per candidate target (teacher × raw or whitened), the share of its variance each scene attribute explains."""
     from ..data.datasets import RetrievalSplit
@@ -82,6 +81,7 @@ def target_geometry_lines(study: Study) -> list[str]:
              "per-value object counts of shape, colour, size, position).", "",
              "| target | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---:|" * len(ATTRIBUTES)]
     lines += [f"| {name} | " + " | ".join(f"{100 * shares[a]:.0f} %" for a in ATTRIBUTES) + " |" for name, shares in rows]
+
     def top(shares: dict[str, float]) -> str:
         name = max(shares, key=shares.get)
         return f"{name} ({100 * shares[name]:.0f} %)"
@@ -90,6 +90,7 @@ def target_geometry_lines(study: Study) -> list[str]:
                   f"random-init one's by {top(rows[2][1])}; whitened, no attribute explains more than "
                   f"{100 * max(max(rows[1][1].values()), max(rows[3][1].values())):.0f} % linearly."]
     return lines
+
 
 def training_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> str:
     from ..viz.curves import plot_training_curves
