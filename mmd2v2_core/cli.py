@@ -222,6 +222,8 @@ def _teacher_source_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import EVAL_PRECISIONS  # light: the config module needs only yaml
+
     parser = _Parser(prog="mmd2v2", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--row", default=None, help="row label in the report tables")
     retrieval.add_argument("--batch-size", type=_at_least(1), default=256)
     retrieval.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:<n> | mps")
-    retrieval.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    retrieval.add_argument("--precision", choices=EVAL_PRECISIONS, default="fp32",
                            help="encode under bfloat16 autocast (faster on CPUs with AMX and on GPUs)")
     retrieval.add_argument("--frontend-cache", type=Path, default=None,
                            help="read (or first compute) the student's frozen front-end outputs here")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..config import EVAL_PRECISIONS
 from ..data.datasets import RetrievalSplit
 from ..data.tokenizer import CaptionTokenizer
 from ..errors import clean_worker_errors
@@ -83,8 +84,8 @@ def embed_split(model: Encoder, split: RetrievalSplit, images: Callable | Cached
     """``images``: a pixel transform, or a ``CachedFrontEnd`` (the student's frozen front-end outputs by id).
     ``precision="bf16"`` runs the encoders under bfloat16 autocast (the embeddings are stored as float32): on a
     CPU with AMX it encodes the 25k COCO captions ≈ 2.5× faster."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision not in EVAL_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(EVAL_PRECISIONS)}, got {precision!r}")
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
     dataset = images.images(split) if isinstance(images, CachedFrontEnd) else split.images(images)
     images, texts = [], []

@@ -70,25 +70,28 @@ def target_geometry_lines(study: Study) -> list[str]:
     cfg = study.base_config(RUNS["mmd2v2_6"], 0)
     width = get_preset(cfg.student.preset, cfg.student.size).config.width
     scenes = [r.extra["scene"] for r in records]
-    rows = []
-    for key, label in (("pretrained", "pretrained"), ("random", "random-init")):
+    shares = {}  # (teacher, whitened?) → {attribute: share}
+    for key in ("pretrained", "random"):
         raw = TargetCache(study.cache(key)).lookup([r.image_id for r in records])
-        for kind, targets in ((f"pooled ({raw.shape[1]}-d)", raw),
-                              (f"centred + PCA-whitened to {width}", TargetWhitening.fit(raw, width)(raw))):
-            rows.append((f"{label}: {kind}", attribute_shares(targets, scenes)))
+        shares[key, False] = attribute_shares(raw, scenes)
+        shares[key, True] = attribute_shares(TargetWhitening.fit(raw, width)(raw), scenes)
+    names = {"pretrained": "pretrained", "random": "random-init"}
     lines = ["", "What each candidate target encodes: the share of its variance (R², train split) that each scene "
              "attribute explains by a least-squares fit on its indicators (one-hot background and object count; "
              "per-value object counts of shape, colour, size, position).", "",
              "| target | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---:|" * len(ATTRIBUTES)]
-    lines += [f"| {name} | " + " | ".join(f"{100 * shares[a]:.0f} %" for a in ATTRIBUTES) + " |" for name, shares in rows]
+    for (key, whitened), row in shares.items():
+        kind = f"centred + PCA-whitened to {width}" if whitened else f"pooled ({raw.shape[1]}-d)"
+        lines.append(f"| {names[key]}: {kind} | " + " | ".join(f"{100 * row[a]:.0f} %" for a in ATTRIBUTES) + " |")
 
-    def top(shares: dict[str, float]) -> str:
-        name = max(shares, key=shares.get)
-        return f"{name} ({100 * shares[name]:.0f} %)"
+    def top(row: dict[str, float]) -> str:
+        name = max(row, key=row.get)
+        return f"{name} ({100 * row[name]:.0f} %)"
 
-    lines += ["", f"Reading: the pretrained teacher's pooled feature is organised most by {top(rows[0][1])}, the "
-                  f"random-init one's by {top(rows[2][1])}; whitened, no attribute explains more than "
-                  f"{100 * max(max(rows[1][1].values()), max(rows[3][1].values())):.0f} % linearly."]
+    whitened_max = max(v for (_, whitened), row in shares.items() if whitened for v in row.values())
+    lines += ["", f"Reading: the pretrained teacher's pooled feature is organised most by "
+                  f"{top(shares['pretrained', False])}, the random-init one's by {top(shares['random', False])}; "
+                  f"whitened, no attribute explains more than {100 * whitened_max:.0f} % linearly."]
     return lines
 
 
