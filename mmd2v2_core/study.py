@@ -118,12 +118,22 @@ class Study:
     def result_path(self, run: str, seed: int, dataset: str) -> Path:
         return self.run_dir / "results" / run / f"seed{seed}-{dataset}.json"
 
+    @property
+    def transfer_data(self) -> Path:
+        return self.run_dir / "data" / "transfer"
+
     # -------------------------------------------------------------- stages
     def prepare_data(self) -> dict[str, Path]:
         from data_prep.synth import generate
 
         # The study's data folder holds only generated, reproducible data: regenerate it when stale.
         return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
+
+    def transfer_sets(self) -> dict[str, Path]:
+        """The zero-shot test scenes in every drawing, captioned in the training phrasing (``data_prep.synth.transfer``)."""
+        from data_prep.synth.transfer import generate_transfer_sets
+
+        return generate_transfer_sets(self.data("synth-flickr"), self.transfer_data)
 
     def base_config(self, run: RunSpec, seed: int, extra: list[str] = ()):
         from .config import load_config
@@ -175,7 +185,8 @@ class Study:
         student, _ = build_student(get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student)))
         source = CachedFrontEnd(student, self.frontend_cache, num_workers=2)
         jobs = [("synth-coco", cfg.data.train_split, v) for v in range(1 + cfg.data.rendering_views)]
-        jobs += [("synth-coco", cfg.data.val_split, 0)] + [(d, "test", 0) for d in TEST_SETS]
+        jobs += [(d, "test", 0) for d in TEST_SETS]
+        jobs += [(f"transfer/{name}", "test", 0) for name in self.transfer_sets()]
         report = {}
         for dataset, split, view in jobs:
             start = time.perf_counter()
@@ -262,6 +273,25 @@ class Study:
             write_text_atomic(path, json.dumps(result, indent=2) + "\n")  # a killed run leaves no half file
             results.append(result)
         return results
+
+    def transfer_decomposition(self, run_name: str, seed: int) -> dict:
+        """One trained run on the zero-shot test scenes in every drawing × phrasing (cached in results/transfer/)."""
+        from .data.index import write_text_atomic
+        from .eval.embed import student_inputs
+        from .eval.transfer import transfer_decomposition
+        from .train.loop import load_trained_student
+
+        path = self.run_dir / "results" / "transfer" / f"{run_name}-seed{seed}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        student, cfg = load_trained_student(self.train(run_name, seed))
+        images, tokenizer = student_inputs(student, cfg.data.tokenizer, self.frontend_cache)
+        result = transfer_decomposition(student, self.data("synth-flickr"), self.transfer_sets(), images, tokenizer,
+                                        test_drawing="flickr", precision=self.profile.eval_precision)
+        result.update(run=run_name, seed=seed, profile=self.profile.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+        return result
 
     def run_all(self, runs: tuple[str, ...]) -> list[dict]:
         out = []

@@ -43,7 +43,7 @@ def test_smoke_study_produces_the_report(smoke_study):
     assert "| Unaligned towers (step 0) |" in report and "| S-SMKE (ITC + contrastive distillation) |" in report
     assert "What each candidate target encodes" in report and "| pretrained: centred + PCA-whitened to 32 |" in report
     assert "| FLAVA | 42.74 | 76.76 | - |" in report  # quoted rows carried along
-    for figure in ("synthetic_samples", "training_curves", "embeddings_tsne", "retrieval_gallery"):
+    for figure in ("synthetic_samples", "transfer_drawings", "training_curves", "embeddings_tsne", "retrieval_gallery"):
         assert (reports / "figures" / f"{figure}.png").stat().st_size > 5000
     for table in ("table1", "table2", "table1_synthetic", "ablation_teacher", "ablation_attention",
                   "ablation_transfer"):
@@ -51,10 +51,12 @@ def test_smoke_study_produces_the_report(smoke_study):
     executed = nbformat.read(reports / "notebooks" / "06_embeddings_and_browser.ipynb", as_version=4)
     assert any(o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
                for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    results = list((root / "run" / "results").rglob("*.json"))
+    results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name != "transfer"]
     assert len(results) == 2 * 11  # 9 runs + the unaligned towers + the CCA baseline, on 2 test sets
     assert "| Trivial baseline: 16×16 thumbnails + bag of words, CCA |" in report
     assert "### The seed's claims, measured" in report and "Rendering views help zero-shot transfer" in report
+    assert "| coco+outline |" in report and "The largest gap between groups is by" in report
+    assert len(list((root / "run" / "results" / "transfer").glob("*.json"))) == 2  # with and without views, 1 seed
     assert {json.loads(p.read_text())["dataset"] for p in results} == {"synth-coco", "synth-flickr"}
 
 

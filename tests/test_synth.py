@@ -135,3 +135,19 @@ def test_rerun_reuses_and_refuses_other_parameters(smoke_data):
 def test_unknown_profile():
     with pytest.raises(DataError, match="unknown synthetic profile"):
         generate("/nonexistent", "huge")
+
+
+def test_each_rendering_trait_changes_the_drawing_and_all_of_them_are_the_flickr_style():
+    import numpy as np
+
+    from data_prep.synth.render import STYLE_TRAITS, TRAITS, render
+
+    scene = {"background": "grass", "objects": [{"shape": "star", "color": "red", "size": "large", "row": "middle",
+                                                 "col": "center"}]}
+    seed = (0, 1, 0, 3)
+    coco = np.asarray(render(scene, 64, STYLE_TRAITS["coco"], seed))
+    assert set(STYLE_TRAITS["flickr"]) == set(TRAITS)
+    for trait in TRAITS:
+        assert not np.array_equal(np.asarray(render(scene, 64, (trait,), seed)), coco), trait
+    with pytest.raises(ValueError, match="sparkle"):
+        render(scene, 64, ("outline", "sparkle"), seed)

@@ -33,7 +33,7 @@ from mmd2v2_core.progress import progress
 
 from ..karpathy import index_karpathy
 from .captions import captions_for, karpathy_tokens
-from .render import render
+from .render import STYLE_TRAITS, render
 from .scenes import sample_unique_scenes
 
 GENERATOR_VERSION = 2
@@ -62,8 +62,8 @@ def captions_per_image(i: int) -> int:
 
 
 def _render_job(job: tuple) -> None:
-    path, scene, size, style, seed = job
-    render(scene, size, style, seed).save(path, quality=JPEG_QUALITY)
+    path, scene, size, traits, seed = job
+    render(scene, size, traits, seed).save(path, quality=JPEG_QUALITY)
 
 
 def _build_entries(domain: str, splits: dict[str, int], seed: int) -> list[dict]:
@@ -74,24 +74,42 @@ def _build_entries(domain: str, splits: dict[str, int], seed: int) -> list[dict]
     entries, sentid = [], 0
     for split in SPLIT_ORDER:
         for i, scene in enumerate(by_split.get(split, [])):
-            imgid = len(entries)
             raws = captions_for(scene, style, captions_per_image(i), rng)
-            sentences = [{"tokens": karpathy_tokens(r), "raw": r, "imgid": imgid, "sentid": sentid + k}
-                         for k, r in enumerate(raws)]
-            entry = {"sentids": [s["sentid"] for s in sentences],
-                     "filename": f"{domain}_{split}_{i:06d}.jpg",
-                     "imgid": imgid, "split": split, "sentences": sentences, "scene": scene}
+            entry = karpathy_entry(len(entries), sentid, f"{domain}_{split}_{i:06d}.jpg", split, scene, raws)
             if style == "coco":  # COCO keeps images in per-split folders, Flickr30K in one folder
                 entry = {"filepath": split, **entry}
             entries.append(entry)
-            sentid += len(sentences)
+            sentid += len(raws)
     return entries
+
+
+def karpathy_entry(imgid: int, first_sentid: int, filename: str, split: str, scene: dict, raws: list[str]) -> dict:
+    """One image of a Karpathy JSON, with its scene."""
+    sentences = [{"tokens": karpathy_tokens(r), "raw": r, "imgid": imgid, "sentid": first_sentid + k}
+                 for k, r in enumerate(raws)]
+    return {"sentids": [s["sentid"] for s in sentences], "filename": filename, "imgid": imgid, "split": split,
+            "sentences": sentences, "scene": scene}
+
+
+def render_seed(seed: int, domain: str, entry: dict) -> tuple[int, ...]:
+    """The seed an image of ``domain`` is drawn from (the same scene redrawn with it keeps its noise)."""
+    return seed, list(DOMAINS).index(domain), SPLIT_ORDER.index(entry["split"]), entry["imgid"]
 
 
 def generate_domain(out_dir: Path, domain: str, splits: dict[str, int], image_size: int, seed: int,
                     workers: int | None = None, overwrite: bool = False) -> Path:
     params = {"generator_version": GENERATOR_VERSION, "domain": domain, "splits": splits,
               "image_size": image_size, "seed": seed}
+    traits = STYLE_TRAITS[DOMAINS[domain]]
+    return write_dataset(out_dir, domain, params, lambda: [
+        (e, traits, render_seed(seed, domain, e)) for e in _build_entries(domain, splits, seed)],
+        image_size, workers, overwrite)
+
+
+def write_dataset(out_dir: Path, name: str, params: dict, make_entries, image_size: int,
+                  workers: int | None = None, overwrite: bool = False) -> Path:
+    """A prepared synthetic dataset from ``make_entries()`` — (Karpathy entry, rendering traits, render seed)
+    per image —, reused when ``out_dir`` holds one made with the same ``params``."""
     params_file = out_dir / "synth.json"
     if out_dir.exists():
         old = json.loads(params_file.read_text()) if params_file.is_file() else None
@@ -103,32 +121,28 @@ def generate_domain(out_dir: Path, domain: str, splits: dict[str, int], image_si
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     images = tmp / "images"
-    entries = _build_entries(domain, splits, seed)
-    style = DOMAINS[domain]
-    jobs = []
-    for e in entries:
-        folder = images / e.get("filepath", "")
+    entries, jobs = [], []
+    for entry, traits, seed in make_entries():
+        folder = images / entry.get("filepath", "")
         folder.mkdir(parents=True, exist_ok=True)
-        split_no = SPLIT_ORDER.index(e["split"])
-        jobs.append((folder / e["filename"], e["scene"], image_size, style,
-                     (seed, list(DOMAINS).index(domain), split_no, e["imgid"])))
+        entries.append(entry)
+        jobs.append((folder / entry["filename"], entry["scene"], image_size, traits, seed))
     workers = workers or os.cpu_count() or 1
     if workers > 1:
         # spawn, not fork: a fork of a process whose BLAS/OpenMP threads already ran (a notebook kernel that
         # trained, a test session) can deadlock in the child
         with get_context("spawn").Pool(workers) as pool:
             for _ in progress(pool.imap_unordered(_render_job, jobs, chunksize=64), total=len(jobs),
-                              desc=f"rendering {domain}"):
+                              desc=f"rendering {name}"):
                 pass
     else:
-        for job in progress(jobs, desc=f"rendering {domain}"):
+        for job in progress(jobs, desc=f"rendering {name}"):
             _render_job(job)
-    json_path = tmp / f"dataset_{domain}.json"
-    json_path.write_text(json.dumps({"images": entries, "dataset": domain}), encoding="utf-8")
+    json_path = tmp / f"dataset_{name}.json"
+    json_path.write_text(json.dumps({"images": entries, "dataset": name}), encoding="utf-8")
     # The same indexer as for real COCO/Flickr30K: the synthetic JSON is read back like a downloaded one.
     index_karpathy(json_path, images, tmp, verify="header", workers=workers)
-    params_file_tmp = tmp / "synth.json"
-    params_file_tmp.write_text(json.dumps(params, indent=2) + "\n")
+    (tmp / "synth.json").write_text(json.dumps(params, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

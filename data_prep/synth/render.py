@@ -1,9 +1,12 @@
-"""Drawing a scene into an RGB image, in two rendering styles.
+"""Drawing a scene into an RGB image, in two rendering styles made of six traits.
 
-``coco``: flat, noisy background in the background's colour; flat shapes.
-``flickr``: vertical gradient background with texture stripes, shapes with a dark outline, a drop
-shadow, jittered hues and a slight blur — the same vocabulary of things, a visibly different look,
-so the flickr domain measures transfer rather than memorised pixels.
+``coco`` (no trait): flat, noisy background in the background's colour; flat shapes.
+``flickr`` (every trait): vertical gradient background with texture stripes, shapes with a dark outline,
+a drop shadow, jittered hues, a slight rotation and blur — the same vocabulary of things, a visibly
+different look, so the flickr domain measures transfer rather than memorised pixels.
+
+The traits can also be drawn one at a time (``data_prep.synth.transfer``: which of them costs a student
+its zero-shot transfer).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ BACKGROUND_RGB = {
 RADIUS = {"small": 0.08, "large": 0.13}  # fraction of the image side; a grid cell is 1/3
 # Farthest a (rotated) shape reaches from its centre, in radii; used to keep shapes inside their cell.
 EXTENT = 1.25
+TRAITS = ("background", "hue", "rotation", "shadow", "outline", "blur")
+STYLE_TRAITS = {"coco": (), "flickr": TRAITS}
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -60,9 +65,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 
 
-def _background(name: str, size: int, style: str, rng: np.random.Generator) -> np.ndarray:
+def _background(name: str, size: int, textured: bool, rng: np.random.Generator) -> np.ndarray:
     top, bottom = (np.array(c, dtype=np.float32) for c in BACKGROUND_RGB[name])
-    if style == "coco":
+    if not textured:
         img = np.broadcast_to((top + bottom) / 2, (size, size, 3)).copy()
         img += rng.normal(0.0, 12.0, (size, size, 1)).astype(np.float32)
     else:
@@ -75,10 +80,14 @@ def _background(name: str, size: int, style: str, rng: np.random.Generator) -> n
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def render(scene: dict, size: int, style: str, seed: tuple[int, ...]) -> Image.Image:
-    """The scene as a size×size RGB image; the same seed always gives the same pixels."""
+def render(scene: dict, size: int, traits, seed: tuple[int, ...]) -> Image.Image:
+    """The scene as a size×size RGB image with the rendering ``traits`` (a subset of ``TRAITS``; a style's are
+    ``STYLE_TRAITS[style]``); the same seed always gives the same pixels."""
+    unknown = set(traits) - set(TRAITS)
+    if unknown:
+        raise ValueError(f"unknown rendering traits {sorted(unknown)}; choose from {TRAITS}")
     rng = np.random.default_rng(list(seed))
-    img = Image.fromarray(_background(scene["background"], size, style, rng))
+    img = Image.fromarray(_background(scene["background"], size, "background" in traits, rng))
     draw = ImageDraw.Draw(img)
     cell = size / 3
     for obj in scene["objects"]:
@@ -87,19 +96,18 @@ def render(scene: dict, size: int, style: str, seed: tuple[int, ...]) -> Image.I
         cx = (COLS.index(obj["col"]) + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (ROWS.index(obj["row"]) + 0.5) * cell + rng.uniform(-slack, slack)
         color = np.array(RGB[obj["color"]], dtype=np.float32)
-        if style == "flickr":
+        if "hue" in traits:
             color = np.clip(color + rng.normal(0.0, 8.0, 3), 0, 255)
-            angle = rng.uniform(-0.3, 0.3)
-        else:
-            angle = 0.0
+        angle = rng.uniform(-0.3, 0.3) if "rotation" in traits else 0.0
         fill = tuple(int(v) for v in color)
-        if style == "flickr":
+        if "shadow" in traits:
             shadow = max(1, round(size / 64))
             _draw_shape(draw, obj["shape"], cx + shadow, cy + shadow, r, angle, (0, 0, 0), None, 0)
+        if "outline" in traits:
             _draw_shape(draw, obj["shape"], cx, cy, r, angle, fill, (25, 25, 25), max(1, round(size / 48)))
         else:
             _draw_shape(draw, obj["shape"], cx, cy, r, angle, fill, None, 0)
-    if style == "flickr":
+    if "blur" in traits:
         img = img.filter(ImageFilter.GaussianBlur(radius=size / 160))
     return img
 

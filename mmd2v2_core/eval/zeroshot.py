@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..data.datasets import ImageSet
+from ..data.datasets import RetrievalSplit
 from ..data.index import read_split
 from ..data.tokenizer import CaptionTokenizer
 from ..errors import DataError, clean_worker_errors
 from ..progress import progress
-from .embed import Encoder, eval_mode
+from ..student.frontend_cache import CachedFrontEnd
+from .embed import Encoder, encode_images, eval_mode
 
 Template = str | Callable[[str], str]
 
@@ -64,23 +65,16 @@ def zero_shot_accuracy(image_emb: torch.Tensor, prototypes: torch.Tensor, labels
     return {f"top{k}": 100.0 * hits[:, :k].any(1).double().mean().item() for k in ks}
 
 
-@torch.no_grad()
-def _encode_images(model: Encoder, dataset, batch_size: int, device: str, desc: str) -> torch.Tensor:
-    out = []
-    with eval_mode(model):
-        for batch in progress(DataLoader(dataset, batch_size=batch_size), desc=desc):
-            out.append(model.encode_image(batch["image"].to(device)).float())
-    return torch.cat(out)
-
-
-def attribute_zero_shot(model: Encoder, index_dir: str | Path, split: str, transform: Callable,
+def attribute_zero_shot(model: Encoder, index_dir: str | Path, split: str, images: Callable | CachedFrontEnd,
                         tokenizer: CaptionTokenizer, batch_size: int = 256, device: str = "cpu") -> dict[str, dict]:
-    """Per attribute: accuracy, uniform chance (1/classes), majority-class rate, class count, images."""
+    """Per attribute: accuracy, uniform chance (1/classes), majority-class rate, class count, images.
+    ``images``: a pixel transform, or the student's cached front end."""
     records = [r for r in read_split(index_dir, split) if len(r.extra.get("scene", {}).get("objects", [])) == 1]
     if not records:
         raise DataError(f"{index_dir}/{split}: no single-object images with a 'scene' field; attribute "
                         "zero-shot needs the synthetic datasets")
-    image_emb = _encode_images(model, ImageSet(records, transform), batch_size, device, "encoding images")
+    single = RetrievalSplit.from_records(f"{split} single-object", records, Path(index_dir), split)
+    image_emb = encode_images(model, single, images, batch_size, device)
     results = {}
     for attribute, templates in ATTRIBUTE_TEMPLATES.items():
         values = [r.extra["scene"]["objects"][0][attribute] for r in records]

@@ -15,7 +15,8 @@ def _rel(path: Path, reports_dir: Path) -> str:
     return path.relative_to(reports_dir).as_posix()
 
 
-def data_section(study: Study, domains: dict[str, Path], reports_dir: Path) -> str:
+def data_section(study: Study, domains: dict[str, Path], reports_dir: Path,
+                 transfer: dict[str, Path] | None = None) -> str:
     from ..viz.samples import plot_samples
 
     lines = ["| dataset | split | images | captions | captions/image | mean words | distinct words |",
@@ -33,7 +34,20 @@ def data_section(study: Study, domains: dict[str, Path], reports_dir: Path) -> s
                       "Synthetic Karpathy-format datasets: `synth-coco` (the COCO 5K analogue, trained on) and "
                       "`synth-flickr` (another rendering style and phrasing, never trained on: the Flickr30K 1K "
                       "analogue). Every caption names every object, so perfect retrieval is possible.", "",
-                      *lines, "", f"![samples]({_rel(figure, reports_dir)})"])
+                      *lines, "", f"![samples]({_rel(figure, reports_dir)})"] + _drawings_lines(transfer, reports_dir))
+
+
+def _drawings_lines(transfer: dict[str, Path] | None, reports_dir: Path) -> list[str]:
+    if not transfer:
+        return []
+    from ..viz.samples import plot_drawings
+
+    figure = plot_drawings({name: read_split(folder, "test") for name, folder in transfer.items()},
+                           reports_dir / "figures" / "transfer_drawings.png")
+    return ["", f"For the transfer analysis (notebook 05), the `synth-flickr` test scenes are also drawn in the training "
+                f"style (`coco`) and in the training style with one test-style trait each, and captioned in the training "
+                f"phrasing ({len(transfer)} sets, `data_prep/synth/transfer.py`):", "",
+            f"![drawings]({_rel(figure, reports_dir)})"]
 
 
 def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) -> str:
@@ -149,7 +163,7 @@ def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
     for name in runs:
         student, cfg = load_trained_student(study.train(name, study.profile.seeds[0]))
         result = attribute_zero_shot(student, study.data("synth-coco"), "test",
-                                     *student_inputs(student, cfg.data.tokenizer))
+                                     *student_inputs(student, cfg.data.tokenizer, study.frontend_cache))
         lines.append(f"| {RUNS[name].label} | " + " | ".join(f"{result[a]['accuracy']:.1f}" for a in
                                                              ("shape", "color", "size", "position")) + " |")
         chance_row = result
@@ -194,10 +208,10 @@ def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
     from ..viz.gallery import plot_gallery
 
     student, cfg = load_trained_student(study.train(run, study.profile.seeds[0]))
-    transform, tokenizer = student_inputs(student, cfg.data.tokenizer)
+    images, tokenizer = student_inputs(student, cfg.data.tokenizer, study.frontend_cache)
     split = RetrievalSplit.from_index(study.data("synth-coco"), "test")
     n = min(n, len(split.records))
-    emb = embed_split(student, split, transform, tokenizer, batch_size=512)
+    emb = embed_split(student, split, images, tokenizer, batch_size=512, precision=study.profile.eval_precision)
     first_caption = torch.tensor([int((emb.text_to_image == i).nonzero()[0]) for i in range(n)])
     backgrounds = [r.extra["scene"]["background"] for r in split.records[:n]]
     figure = reports_dir / "figures" / "embeddings_tsne.png"
@@ -227,6 +241,62 @@ def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
     return text, browser
 
 
+def _seed_mean(decompositions: list[dict], get) -> float:
+    return statistics.fmean(get(d) for d in decompositions)
+
+
+def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[str]:
+    """Rendering × phrasing and per-trait I→T R@1 on the zero-shot test scenes (means over seeds), what fails,
+    and a reading computed from them."""
+    found = {run: [study.transfer_decomposition(run, seed) for seed in study.profile.seeds] for run in runs}
+    first = found[runs[0]]
+    drawings = list(first[0]["recall"])
+    n = first[0]["images"]
+    header = " | ".join(f"{RUNS[r].label.split(' (')[0]} · {p} phrasing" for r in runs for p in ("test", "training"))
+    lines = [f"Where the transfer is lost: the {n:,} `synth-flickr` test scenes drawn in every way and captioned in "
+             "both phrasings (`data_prep/synth/transfer.py`); image→text R@1 on the 1K gallery, mean of "
+             f"{len(first)} seed(s). `flickr` is the test set's drawing, `coco` the training style, `coco+<trait>` "
+             "the training style with one of the test style's traits.", "",
+             f"| drawing | {header} |", "|---|" + "---:|" * (2 * len(runs))]
+    mean = {r: {(d, p): _seed_mean(found[r], lambda x, d=d, p=p: x["recall"][d][p]["i2t_r1"])
+                for d in drawings for p in ("test", "training")} for r in runs}
+    for d in drawings:
+        lines.append(f"| {d} | " + " | ".join(f"{mean[r][(d, p)]:.1f}" for r in runs for p in ("test", "training")) + " |")
+    lines.append("")
+    for r in runs:
+        m = mean[r]
+        rendering = m[("coco", "test")] - m[("flickr", "test")]
+        phrasing = m[("coco", "training")] - m[("coco", "test")]
+        traits = {d: m[("coco", "training")] - m[(d, "training")] for d in drawings if d.startswith("coco+")}
+        worst = max(traits, key=traits.get)
+        lines.append(f"- {RUNS[r].label}: the test set's drawing costs {rendering:.1f} points of R@1 against the "
+                     f"training style (both with test phrasing), its phrasing {phrasing:.1f} points (both in the "
+                     f"training style) — {'rendering' if rendering > phrasing else 'phrasing'} is the larger shift. "
+                     f"The costliest single trait is `{worst.split('+')[1]}` ({traits[worst]:.1f} points), then " +
+                     ", ".join(f"`{d.split('+')[1]}` {c:.1f}" for d, c in sorted(traits.items(), key=lambda x: -x[1])
+                               if d != worst) + ".")
+    best = found[runs[0]]
+    failures = _seed_mean(best, lambda x: x["failures"]["failures"])
+    near = _seed_mean(best, lambda x: x["failures"]["near_misses"])
+    wrong = {a: _seed_mean(best, lambda x, a=a: x["failures"]["wrong"][a]) for a in best[0]["failures"]["wrong"]}
+    lines += ["", f"What {RUNS[runs[0]].label} still gets wrong on the test set (mean of {len(best)} seed(s)): "
+                  f"{failures:.0f} of {n:,} images do not retrieve one of their captions first; only {near:.0f} of "
+                  "those are near misses (a scene that differs in one attribute). The retrieved caption's scene has "
+                  "another " + ", ".join(f"{a} {100 * v:.0f} %" for a, v in sorted(wrong.items(), key=lambda x: -x[1]))
+              + " of the time. Image→text R@1 by group of test images:", "",
+              "| group | value | images | I→T R@1 |", "|---|---|---:|---:|"]
+    spreads = []
+    for group, values in best[0]["failures"]["i2t_r1_by"].items():
+        recall = {v: _seed_mean(best, lambda x, g=group, v=v: x["failures"]["i2t_r1_by"][g][v]["i2t_r1"]) for v in values}
+        spreads.append((max(recall.values()) - min(recall.values()), group, max(recall, key=recall.get),
+                        min(recall, key=recall.get)))
+        for v, info in values.items():
+            lines.append(f"| {group} | {v} | {info['images']} | {recall[v]:.1f} |")
+    spread, group, high, low = max(spreads)
+    lines += ["", f"The largest gap between groups is by {group}: {high} {spread:.1f} points above {low}."]
+    return lines
+
+
 def findings_section(study: Study, reports_dir: Path) -> str:
     """The transfer ablation (rendering views or not), then every qualitative claim of the seed and the thesis
     with its measurement and a computed verdict."""
@@ -238,6 +308,7 @@ def findings_section(study: Study, reports_dir: Path) -> str:
     transfer += ("\n\nThe rendering views change outline, shadow, background gradient and texture, rotation, blur and "
                  "foreground colour of training images (`mmd2v2_core/data/rendering.py`); no test image or statistic "
                  "is used, but the traits were chosen knowing the kinds of rendering change a test set may bring.")
+    transfer += "\n\n" + "\n".join(transfer_decomposition_lines(study, TRANSFER_ABLATION))
     rows = check_claims(study.results, TEST_SETS)
     unaligned = [r for r in study.results("unaligned")]
     return "\n".join(["## Findings", "", transfer, "", "### The seed's claims, measured", "",

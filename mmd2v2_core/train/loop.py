@@ -378,8 +378,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                              targets.view, cfg.optim.seed, skipped_log=out_dir / SKIPPED_LOG)
         val_images = eval_transform(view)
 
+    # fused: one kernel for all parameters; the per-tensor default cost 4–9 ms of a 105 ms embedded step
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay),
-                                  lr=cfg.optim.lr * cfg.optim.batch_size / 256, betas=cfg.optim.betas, eps=cfg.optim.eps)
+                                  lr=cfg.optim.lr * cfg.optim.batch_size / 256, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                  fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.optim))
     use_scaler = cfg.optim.precision == "fp16" and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)

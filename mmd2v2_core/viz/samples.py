@@ -31,3 +31,18 @@ def plot_samples(rows: dict[str, list[ImageRecord]], out: Path, per_row: int = 4
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_drawings(drawings: dict[str, list[ImageRecord]], out: Path, scenes: int = 3) -> Path:
+    """The same scenes (rows) in every drawing (columns, titled by name)."""
+    fig, axes = plt.subplots(scenes, len(drawings), figsize=(1.6 * len(drawings), 1.7 * scenes), squeeze=False)
+    for c, (name, records) in enumerate(drawings.items()):
+        axes[0][c].set_title(name, fontsize=8)
+        for r in range(scenes):
+            axes[r][c].imshow(open_rgb(records[r].path))
+            axes[r][c].axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
