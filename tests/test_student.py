@@ -212,3 +212,34 @@ def test_fresh_layers_use_bert_init_at_real_width_and_fan_in_init_when_narrow():
         assert fan_in.std().item() == pytest.approx((3 * fan_in.shape[1]) ** -0.5, rel=0.1)
     assert SIZES["embedded"]["init_std"] is None and SIZES["smoke"]["init_std"] is None
     assert "init_std" not in SIZES["real"]  # the real presets' fresh layers (heads, type embedding) keep 0.02
+
+
+@pytest.mark.parametrize("preset,attention", [("mmd2v2_6", "separate"), ("mmd2v2_7_2", "shared"), ("smke", "separate")])
+def test_cls_only_last_block_gives_the_full_forwards_cls_row(preset, attention):
+    torch.manual_seed(0)
+    student, _ = build_student(get_preset(preset, "smoke", attention=attention))
+    student.eval()
+    ids = torch.randint(1000, 2000, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[:2, 7:] = 0
+    images = torch.randn(4, 3, student.cfg.image_size, student.cfg.image_size)
+    with torch.no_grad():
+        for modality, x, kw in (("image", student.image_embed(images), {"bias": student.image_embed.attention_bias()}),
+                                ("text", student.text_embed(ids), {"key_padding": mask == 0})):
+            full, full_hidden = student.features(x, modality, return_hidden=True, **kw)
+            cls, cls_hidden = student.features(x, modality, return_hidden=True, cls_only=True, **kw)
+            assert cls.shape == (4, 1, student.cfg.width)
+            torch.testing.assert_close(cls, full[:, :1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(cls_hidden, full_hidden[:, :1], atol=1e-5, rtol=1e-5)
+
+
+def test_cls_only_with_relative_position_bias_and_pre_ln_layer_scale():
+    torch.manual_seed(0)
+    cfg = StudentConfig(depth=3, n_shared=1, width=32, heads=4, image_size=32, patch_size=8, norm_first=True,
+                        layer_scale=0.1, abs_pos_embed=False, rel_pos_bias=True, shared_norm_first=True,
+                        shared_layer_scale=0.1, type_embedding=True, kd_dim=32)
+    student = MultimodalStudent(cfg).eval()
+    x, bias = student.image_embed(torch.randn(2, 3, 32, 32)), student.image_embed.attention_bias()
+    with torch.no_grad():
+        full, cls = student.features(x, "image", bias=bias), student.features(x, "image", bias=bias, cls_only=True)
+    torch.testing.assert_close(cls, full[:, :1], atol=1e-6, rtol=1e-5)

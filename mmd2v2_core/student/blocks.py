@@ -31,19 +31,28 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``key_padding`` [B, T] True where a token is padding (never attended); ``bias`` [H, T, T] added to logits."""
+                bias: torch.Tensor | None = None, queries: int | None = None) -> torch.Tensor:
+        """``key_padding`` [B, T] True where a token is padding (never attended); ``bias`` [H, T, T] added to logits;
+        ``queries``: only the first ``queries`` tokens attend (their queries, every token's keys and values)."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        heads = self.heads
+        if queries is None:
+            q, k, v = self.qkv(x).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        else:
+            w, qkv_bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :queries], w[:d], None if qkv_bias is None else qkv_bias[:d])
+            q = q.view(b, queries, heads, d // heads).transpose(1, 2)
+            k, v = F.linear(x, w[d:], None if qkv_bias is None else qkv_bias[d:]).view(
+                b, t, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
         mask = None
         if bias is not None:
-            mask = bias[None].to(q.dtype)
+            mask = bias[None, :, :q.shape[2]].to(q.dtype)
         if key_padding is not None:
             pad = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=x.device).masked_fill(
                 key_padding[:, None, None, :], float("-inf"))
             mask = pad if mask is None else mask + pad
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return self.proj(out.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
 class Mlp(nn.Module):
@@ -80,14 +89,18 @@ class Block(nn.Module):
     def _scale(self, gamma, x):
         return x if gamma is None else gamma * x
 
-    def forward(self, x, key_padding=None, bias=None, return_hidden: bool = False):
-        """[B, T, D] → [B, T, D]; with ``return_hidden`` also the FFN's hidden pre-activation [B, T, hidden]."""
+    def forward(self, x, key_padding=None, bias=None, return_hidden: bool = False, cls_only: bool = False):
+        """[B, T, D] → [B, T, D]; with ``return_hidden`` also the FFN's hidden pre-activation [B, T, hidden].
+        ``cls_only``: only the first token's rows ([B, 1, ·]) — it still attends to every token, but nothing
+        else is computed (the last block, when only the CLS is read: a quarter of a 3-block student's work)."""
+        queries = 1 if cls_only else None
+        residual = x[:, :1] if cls_only else x
         if self.norm_first:
-            x = x + self._scale(self.gamma_1, self.attn(self.norm1(x), key_padding, bias))
+            x = residual + self._scale(self.gamma_1, self.attn(self.norm1(x), key_padding, bias, queries))
             out, hidden = self.mlp(self.norm2(x), return_hidden=True)
             x = x + self._scale(self.gamma_2, out)
         else:
-            x = self.norm1(x + self._scale(self.gamma_1, self.attn(x, key_padding, bias)))
+            x = self.norm1(residual + self._scale(self.gamma_1, self.attn(x, key_padding, bias, queries)))
             out, hidden = self.mlp(x, return_hidden=True)
             x = self.norm2(x + self._scale(self.gamma_2, out))
         return (x, hidden) if return_hidden else x
@@ -105,5 +118,6 @@ class ModalityBlock(nn.Module):
         self.attention = attention
         self.image, self.text = image, text
 
-    def forward(self, x, modality: str, key_padding=None, bias=None, return_hidden: bool = False):
-        return (self.image if modality == "image" else self.text)(x, key_padding, bias, return_hidden)
+    def forward(self, x, modality: str, key_padding=None, bias=None, return_hidden: bool = False,
+                cls_only: bool = False):
+        return (self.image if modality == "image" else self.text)(x, key_padding, bias, return_hidden, cls_only)

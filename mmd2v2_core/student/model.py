@@ -133,21 +133,22 @@ class MultimodalStudent(nn.Module):
         self.grad_checkpointing = False  # recompute block activations in backward: memory for compute
 
     def features(self, x: torch.Tensor, modality: str, key_padding: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, return_hidden: bool = False):
+                 bias: torch.Tensor | None = None, return_hidden: bool = False, cls_only: bool = False):
         """[B, T, D] output of the last block for one modality (image: ``bias`` is an optional position bias).
 
         ``return_hidden``: also the last block's FFN hidden pre-activation [B, T, mlp width] (S-SMKE's second
-        ITC feature is its CLS row)."""
+        ITC feature is its CLS row). ``cls_only``: the last block computes the CLS row only (T = 1 in both)."""
         hidden = None
         blocks = [(layer, (modality, key_padding, bias)) for layer in self.specific]
         blocks += [(block, (key_padding,)) for block in self.shared]
         for i, (module, args) in enumerate(blocks):
+            last = i == len(blocks) - 1
             if i == len(self.specific) and self.cfg.type_embedding:
                 x = x + self.type_scale * self.type_embed[0 if modality == "image" else 1]
-            if return_hidden and i == len(blocks) - 1:
-                x, hidden = self._run(module, x, *args, return_hidden=True)
+            if return_hidden and last:
+                x, hidden = self._run(module, x, *args, return_hidden=True, cls_only=cls_only)
             else:
-                x = self._run(module, x, *args)
+                x = self._run(module, x, *args, cls_only=cls_only and last)
         return (x, hidden) if return_hidden else x
 
     def _run(self, module: nn.Module, *args, **kwargs):
@@ -157,12 +158,12 @@ class MultimodalStudent(nn.Module):
 
     def image_cls(self, images: torch.Tensor, return_hidden: bool = False):
         out = self.features(self.image_embed(images), "image", bias=self.image_embed.attention_bias(),
-                            return_hidden=return_hidden)
+                            return_hidden=return_hidden, cls_only=True)
         return (out[0][:, 0], out[1][:, 0]) if return_hidden else out[:, 0]
 
     def text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False):
         out = self.features(self.text_embed(input_ids), "text", key_padding=attention_mask == 0,
-                            return_hidden=return_hidden)
+                            return_hidden=return_hidden, cls_only=True)
         return (out[0][:, 0], out[1][:, 0]) if return_hidden else out[:, 0]
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
