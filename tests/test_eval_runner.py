@@ -137,3 +137,23 @@ def test_imagenet_zero_shot_checks_its_folder(tmp_path, tokenizer, model):
         Image.new("RGB", (8, 8)).save(tmp_path / "val" / wnid / "x.JPEG")
     with pytest.raises(DataError, match="2 class folders, expected 1000"):
         imagenet_zero_shot(model, tmp_path / "val", TRANSFORM, tokenizer)
+
+
+def test_caption_tokens_are_reused_for_the_next_model(smoke_data, tokenizer):
+    from mmd2v2_core.eval.embed import encode_captions
+
+    class Counting:  # the tokenizer's settings, counting its calls
+        name, max_length, pad_to, calls = tokenizer.name, tokenizer.max_length, tokenizer.pad_to, 0
+
+        def __call__(self, captions):
+            Counting.calls += 1
+            return tokenizer(captions)
+
+    captions = RetrievalSplit.from_index(smoke_data["synth-flickr"], "test").captions[:100] + ["a new caption"]
+    first, second = PairedEncoders(TinyImage(), TinyText()), PairedEncoders(TinyImage(), TinyText())
+    a = encode_captions(first, captions, Counting(), batch_size=32)
+    calls = Counting.calls
+    b = encode_captions(second, captions, Counting(), batch_size=32)
+    assert calls == 4 and Counting.calls == calls  # tokenised once, in 4 batches
+    torch.testing.assert_close(a, first.encode_text(**tokenizer(captions)), atol=1e-5, rtol=1e-5)  # rows in order
+    assert not torch.allclose(a, b)

@@ -243,3 +243,18 @@ def test_cls_only_with_relative_position_bias_and_pre_ln_layer_scale():
     with torch.no_grad():
         full, cls = student.features(x, "image", bias=bias), student.features(x, "image", bias=bias, cls_only=True)
     torch.testing.assert_close(cls, full[:, :1], atol=1e-6, rtol=1e-5)
+
+
+def test_text_by_length_groups_gives_the_padded_batchs_outputs_in_order():
+    torch.manual_seed(0)
+    student, _ = build_student(get_preset("smke", "smoke"))
+    student.eval()
+    ids = torch.randint(1000, 2000, (9, 14))
+    mask = torch.ones_like(ids)
+    for row, length in enumerate((3, 14, 5, 9, 2, 14, 7, 11, 4)):
+        mask[row, length:] = 0
+    with torch.no_grad():
+        cls, hidden = student.text_cls(ids, mask, return_hidden=True)
+        grouped, grouped_hidden = student.text_cls_by_length(ids, mask, return_hidden=True, groups=3)
+    torch.testing.assert_close(grouped, cls, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped_hidden, hidden, atol=1e-5, rtol=1e-5)
