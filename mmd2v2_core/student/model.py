@@ -192,9 +192,10 @@ class MultimodalStudent(nn.Module):
         """Everything the losses need, per modality: the retrieval embedding (``_emb``), the last block's FFN
         hidden CLS (``_hidden``), the KD output (``_kd``: the head's, or the CLS itself) and class logits."""
         out = {}
+        image = self.image_cls(images, return_hidden=True)
         by_length = input_ids.device.type == "cpu" and len(input_ids) >= 64  # a GPU pays little for padding
         text = (self.text_cls_by_length if by_length else self.text_cls)(input_ids, attention_mask, return_hidden=True)
-        for name, (cls, hidden) in (("image", self.image_cls(images, return_hidden=True)), ("text", text)):
+        for name, (cls, hidden) in (("image", image), ("text", text)):
             out[f"{name}_emb"] = F.normalize(cls, dim=-1)
             out[f"{name}_hidden"] = hidden
             if self.cfg.kd_dim:
