@@ -37,3 +37,20 @@ def check_output(path: str | Path, what: str, folder: bool = True) -> None:
     problem = output_problem(path, folder)
     if problem:
         raise ConfigError(f"{what} {path}: {problem}")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The kit's repository root: the nearest folder at or above ``start`` (default: the working directory)
+    holding both ``pyproject.toml`` and ``notebooks/``; the working directory itself when there is none. A
+    JupyterLab kernel starts in ``notebooks/``: relative study paths resolve from here, not from there."""
+    here = Path(start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return here
+
+
+def from_root(path: str | Path) -> Path:
+    """``path`` made absolute: as given when absolute, else under ``project_root()``."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path

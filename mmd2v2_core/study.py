@@ -97,8 +97,10 @@ def get_profile(name: str) -> StudyProfile:
 
 class Study:
     def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = ()):
+        from .paths import from_root
+
         self.profile = get_profile(profile)
-        self.run_dir = Path(run_dir)
+        self.run_dir = from_root(run_dir)  # a relative run_dir means the same folder from notebooks/ as from the root
         self.overrides = list(overrides)
 
     # -------------------------------------------------------------- paths

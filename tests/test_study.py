@@ -80,3 +80,40 @@ def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys):
     assert (root / "reports" / "notebooks" / "01_teacher_targets.ipynb").is_file()
     assert main([*args, "--only", "07_nothing"]) == 2
     assert "unknown notebook '07_nothing'" in capsys.readouterr().err
+
+
+def test_notebooks_run_from_the_notebooks_folder_reuse_the_study(smoke_study):
+    """JupyterLab starts a kernel in notebooks/: the default relative paths must still reach the study's folders,
+    so rerunning a notebook there after a study recomputes nothing."""
+    import shutil
+
+    import papermill as pm
+
+    root, _ = smoke_study
+    (root / "pyproject.toml").write_text("")  # the repository root's markers: pyproject.toml and notebooks/
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", dirs_exist_ok=True)
+
+    def computed():  # everything but the report sections each notebook rewrites
+        return {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*") if p.is_file() and "report" not in p.parts}
+
+    before = computed()
+    for name in NOTEBOOKS:
+        pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(root / f"{name}.out.ipynb"),
+                            parameters={"profile": "smoke", "run_dir": "run", "reports_dir": "reports"},
+                            kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
+    assert computed() == before  # nothing retrained, re-cached, re-scored or regenerated
+    assert not (root / "notebooks" / "run").exists() and not (root / "notebooks" / "reports").exists()
+
+
+def test_relative_study_paths_resolve_from_the_repository_root(tmp_path, monkeypatch):
+    from mmd2v2_core.paths import from_root, project_root
+    from mmd2v2_core.study import Study
+
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    (tmp_path / "repo" / "pyproject.toml").write_text("")
+    monkeypatch.chdir(tmp_path / "repo" / "notebooks")
+    assert project_root() == tmp_path / "repo"
+    assert Study("smoke", "runs/s").run_dir == tmp_path / "repo" / "runs" / "s"
+    assert from_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute paths are kept
+    monkeypatch.chdir(tmp_path)  # no repository above: the working directory
+    assert from_root("runs/s") == tmp_path / "runs" / "s"

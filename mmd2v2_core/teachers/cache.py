@@ -130,6 +130,7 @@ def build_feature_cache(extract: Callable[[torch.Tensor], torch.Tensor], fp: dic
     meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "fingerprint": fp, "items": n,
             "dim": probe.shape[1], "shard_size": shard_size, "shards": n_shards}
     meta_path = out_dir / "meta.json"
+    diff = ["no meta.json yet"]
     if meta_path.is_file():
         old = _read_meta(meta_path)
         diff = _differences({**old, "fingerprint": old.get("fingerprint", {})}, meta)
@@ -140,7 +141,7 @@ def build_feature_cache(extract: Callable[[torch.Tensor], torch.Tensor], fp: dic
             for s in range(int(old.get("shards", 0))):
                 _shard_path(out_dir, s).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if rank == 0 and (diff or not (out_dir / "ids.npy").is_file()):  # a complete cache's files stay untouched
         write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
         ids_tmp = out_dir / f".ids.tmp{os.getpid()}.npy"
         np.save(ids_tmp, np.array([r.image_id for r in records], dtype=np.int64))
