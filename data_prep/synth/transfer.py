@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import cache
 from pathlib import Path
 
 from mmd2v2_core.errors import DataError
@@ -44,18 +45,22 @@ def generate_transfer_sets(source: str | Path, out: str | Path, workers: int | N
     domain = params["domain"]
     entries = [e for e in json.loads((source / f"dataset_{domain}.json").read_text())["images"]
                if e["split"] == "test"]
-    phrased = []  # one caption set for every drawing: each image's RNG is seeded by its id alone
-    for e in entries:
-        raws = captions_for(e["scene"], TRAINING_STYLE, len(e["sentences"]),
-                            random.Random(f"{params['seed']}/transfer/{e['imgid']}"))
-        entry = karpathy_entry(e["imgid"], e["sentids"][0], e["filename"], "test", e["scene"], raws)
-        phrased.append(entry)
+
+    @cache
+    def phrased() -> list[dict]:  # one caption set for every drawing (each image's RNG is seeded by its id alone),
+        out = []                  # made only when a drawing is missing
+        for e in entries:
+            raws = captions_for(e["scene"], TRAINING_STYLE, len(e["sentences"]),
+                                random.Random(f"{params['seed']}/transfer/{e['imgid']}"))
+            out.append(karpathy_entry(e["imgid"], e["sentids"][0], e["filename"], "test", e["scene"], raws))
+        return out
+
     made = {}
     for name, traits in drawings(DOMAINS[domain]).items():
         spec = {"generator_version": GENERATOR_VERSION, "transfer_of": params, "drawing": name,
                 "traits": list(traits), "phrasing": TRAINING_STYLE}
         made[name] = write_dataset(out / name, f"{domain}-{name}", spec,
                                    lambda traits=traits: [(e, traits, render_seed(params["seed"], domain, e))
-                                                          for e in phrased],
+                                                          for e in phrased()],
                                    params["image_size"], workers, overwrite=True)
     return made
