@@ -365,6 +365,7 @@ def _ddp_worker(rank: int, out_dir: str) -> None:
         out["gathered_grad"] = gather_with_grad(local["image"]).detach()
         out["gathered_no_grad"] = gather_no_grad(local["targets"])
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()      # gloo aborts (1 run in ~15) when one rank tears down while the other still talks
     finally:
         dist.destroy_process_group()
 

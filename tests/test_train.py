@@ -163,6 +163,7 @@ def _rank_main(rank, world, port, data, out):
                       MASTER_PORT=str(port), MMD2V2_PROGRESS="off")
     torch.set_num_threads(1)
     train(_cfg(data, out, *DDP_RUN))
+    torch.distributed.barrier()     # see tests/test_losses.py: gloo can abort when ranks tear down apart
     torch.distributed.destroy_process_group()
 
 
