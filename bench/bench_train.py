@@ -35,8 +35,8 @@ from mmd2v2_core.student.presets import build_student, get_preset
 from mmd2v2_core.teachers.cache import build_cache
 from mmd2v2_core.teachers.inspect import preprocess_of
 from mmd2v2_core.teachers.registry import create_teacher
-from mmd2v2_core.train.checkpoint import find_checkpoint
-from mmd2v2_core.train.loop import load_trained_student, train
+from mmd2v2_core.train.checkpoint import find_checkpoint, load_trained_student
+from mmd2v2_core.train.loop import train
 
 
 def trainer_rate(metrics: Path) -> float:

@@ -3,6 +3,8 @@
 Errors the user can fix (``KitError``, a bad option, a full or read-only disk) are printed as one line
 naming the file, field, key or option, with exit status 2; Ctrl-C ends with one line and status 130
 (training first saves a checkpoint). Anything else is a bug and keeps its traceback.
+
+Each subcommand imports what it needs when it runs, so ``mmd2v2 --help`` and the light commands do not load torch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from .errors import KitError
 from .paths import check_output
+from .profiles import PROFILES
 
 # What the machine, not the kit, refuses: the message names the file, no traceback needed.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
@@ -140,7 +143,7 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     from .config import to_dict
     from .data.index import write_text_atomic
     from .eval.embed import evaluate_retrieval, student_inputs
-    from .train.loop import load_trained_student
+    from .train.checkpoint import load_trained_student
 
     if args.out:
         check_output(args.out, "--out", folder=False)
@@ -317,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     tables.set_defaults(func=_report_tables)
 
     study = sub.add_parser("study", help="execute the study notebooks with papermill and regenerate the report")
-    study.add_argument("--profile", default="embedded", help="smoke | embedded")
+    study.add_argument("--profile", default="embedded", choices=list(PROFILES),
+                       help="the study size (mmd2v2_core/profiles.py)")
     study.add_argument("--run-dir", type=Path, default=None, help="where the study's data, caches and runs go "
                                                                   "(default: runs/study-<profile>)")
     study.add_argument("--reports", type=Path, default=Path("reports"), help="report, tables, figures, executed notebooks")

@@ -366,10 +366,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"teacher.cache={cfg.teacher.cache!r}: folder not found")
     if cfg.run.resume not in (None, "latest") and not Path(cfg.run.resume).is_dir():
         raise ConfigError(f"run.resume={cfg.run.resume!r}: checkpoint folder not found (or use run.resume=latest)")
-    from .student.presets import get_preset
+    from .student.presets import preset_from_config
     from .teachers.registry import get_spec
 
-    get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student))  # layout errors, early
+    preset_from_config(cfg.student)  # layout errors, early
     if cfg.teacher.name != "none":
         get_spec(cfg.teacher.name)
 
@@ -390,12 +390,6 @@ def _check_dataset(cfg: TrainConfig) -> None:
     if pairs < cfg.optim.batch_size:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: more than the {pairs} training pairs of split "
                           f"{cfg.data.train_split!r} in data.root={cfg.data.root!r}; one batch must fit")
-
-
-def student_overrides(student: StudentSection) -> dict:
-    """The preset fields a configuration overrides: the attention type, and the layout when it is set."""
-    return {"attention": student.attention,
-            **{k: getattr(student, k) for k in ("depth", "n_shared") if getattr(student, k) is not None}}
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from typing import Iterable, TypeVar
 
+from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
+
 T = TypeVar("T")
 
 
@@ -17,14 +20,8 @@ def progress(iterable: Iterable[T] | None = None, **kwargs):
     """A tqdm bar over ``iterable`` (or a manual one: ``progress(total=n)`` then ``.update(k)``)."""
     mode = os.environ.get("MMD2V2_PROGRESS", "auto")
     if mode == "off":
-        from tqdm import tqdm
-
         return tqdm(iterable, **{**kwargs, "disable": True})
     if mode == "plain" or os.environ.get("CI"):
-        from tqdm import tqdm
-
         kwargs.setdefault("mininterval", 30.0)
         return tqdm(iterable, ascii=True, **kwargs)
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
+    return auto_tqdm(iterable, **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -58,12 +59,14 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
         log(f"[study] {name} …")
         began = time.perf_counter()
         try:
+            # the notebook's own printing (each run's start and end lines, its progress bars) streams through
             pm.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
-                                cwd=str(notebooks_dir.parent), progress_bar=False, log_output=False)
+                                cwd=str(notebooks_dir.parent), progress_bar=False, stdout_file=sys.stdout,
+                                stderr_file=sys.stderr)
         except pm.PapermillExecutionError as exc:
             raise StudyFailed(f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue.strip()}); "
                               f"executed copy with the error: {target}") from None
         seconds = time.perf_counter() - began
         write_text_atomic(done_dir / f"{name}.json", json.dumps({"seconds": round(seconds, 1)}) + "\n")
         log(f"[study] {name} done in {seconds:.0f} s")
-    return assemble(run_dir, reports_dir, profile, NOTEBOOKS)
+    return assemble(run_dir, reports_dir, profile, NOTEBOOKS, notebooks_dir)

@@ -1,4 +1,4 @@
-"""The study: which runs it makes, where their results go, and the tables it builds from them.
+"""The study: which runs it makes, with which recipe, and where their results go (the report reads them).
 
 The notebooks in ``notebooks/`` call these functions in order; ``runner.py`` executes the notebooks.
 Everything is written under one run directory and every stage skips work whose results already exist,
@@ -6,8 +6,11 @@ so a rerun continues where the last one stopped::
 
     <run_dir>/data/<domain>/           synthetic datasets (prepared indexes)
     <run_dir>/cache/<teacher>/         teacher targets of the train split
-    <run_dir>/runs/<run>/seed<k>/      training runs (checkpoints, metrics.jsonl)
-    <run_dir>/results/<run>/seed<k>-<dataset>.json   test-split retrieval results
+    <run_dir>/runs/<run>/seed<k>-<key>/                 training runs (checkpoints, metrics.jsonl, config.yaml)
+    <run_dir>/results/<run>/seed<k>-<key>-<dataset>.json   test-split retrieval results
+
+``<key>`` is a short hash of the run's resolved training config (what it learns from, not where it writes): change
+one setting of one run (``run_overrides``) and that run alone trains and is scored again; the others are reused.
 
 Runs (``RUNS``) and the rows they feed:
 
@@ -21,12 +24,34 @@ Runs (``RUNS``) and the rows they feed:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from data_prep.synth import generate
+from data_prep.synth.transfer import generate_transfer_sets
+
+from .config import TrainConfig, load_config, to_dict
+from .data.datasets import RetrievalSplit
+from .data.index import load_manifest, read_log_lines, write_text_atomic
 from .errors import ConfigError
+from .eval.baseline import fit_cca
+from .eval.embed import evaluate_retrieval, student_inputs
+from .eval.transfer import transfer_decomposition
+from .paths import from_root
+from .profiles import get_profile
+from .student.frontend_cache import CachedFrontEnd
+from .student.presets import student_from_config
+from .teachers.cache import TargetCache, build_cache
+from .teachers.inspect import preprocess_of
+from .teachers.registry import teacher_from_config
+from .train.checkpoint import checkpoint_root, load_trained_student
+from .train.loop import train
 
 NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
              "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser")
@@ -60,48 +85,53 @@ TABLE1 = ("mmd2v2_6_weak", "mmd2v2_6", "mmd2v2_7_2", "mmd2v2_7", "smke")
 TEACHER_ABLATION = ("smke", "smke_random_teacher", "smke_no_teacher")
 ATTENTION_ABLATION = ("mmd2v2_6", "mmd2v2_6_shared", "mmd2v2_7_2", "mmd2v2_7")
 TRANSFER_ABLATION = ("smke", "smke_no_views")
+LABELS = {**{name: run.label for name, run in RUNS.items()}, "unaligned": "Unaligned towers (step 0)",
+          "cca": "Trivial baseline: 16×16 thumbnails + bag of words, CCA"}
 
 
-@dataclass(frozen=True)
-class StudyProfile:
-    name: str
-    data_profile: str
-    train_config: str
-    steps: int
-    batch_size: int
-    seeds: tuple[int, ...]
-    memory_bank: int
-    layout_note: str
-    eval_precision: str = "bf16"  # test-split encoding under bfloat16 autocast: 2.5× faster on AMX CPUs
+# What decides where a run writes or how fast it goes, not what it learns: left out of its key.
+_NOT_IN_KEY = ("run", "data.num_workers")
+_PATHS = ("data.root", "teacher.cache", "student.frontend_cache")
 
 
-PROFILES = {
-    "smoke": StudyProfile("smoke", "smoke", "smoke", steps=30, batch_size=32, seeds=(0,), memory_bank=64,
-                          layout_note="smoke size (width 32); tiny random-init teacher in every teacher slot"),
-    "embedded": StudyProfile("embedded", "embedded", "embedded", steps=350, batch_size=64, seeds=(0, 1, 2),
-                             # no bank: at 350 steps one of 4,096 entries holds targets up to 64 steps old and
-                             # starts as random vectors; without it S-SMKE reached synth-coco 5K I→T R@1 72 % vs
-                             # 69 %, and 17 % faster
-                             memory_bank=0,
-                             layout_note="embedded size: frozen EfficientNet-Lite0 stem and MiniLM word embeddings, "
-                                         "width 128, modality-specific layers scaled 5→2, 6→3"),
-}
+def run_key(cfg: TrainConfig, study_dir: Path) -> str:
+    """8 hex digits of the resolved config's hash, without the settings in ``_NOT_IN_KEY`` and with the study's own
+    data and caches as paths inside its folder (moving the folder keeps every key)."""
+    tree = to_dict(cfg)
+    for key in _NOT_IN_KEY + _PATHS:
+        section, _, name = key.partition(".")
+        value = tree[section].pop(name) if name else tree.pop(section)
+        if key in _PATHS and value:
+            tree[section][name] = Path(value).relative_to(study_dir).as_posix() \
+                if Path(value).is_relative_to(study_dir) else value
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def get_profile(name: str) -> StudyProfile:
-    if name not in PROFILES:
-        raise ConfigError(f"study profile {name!r}: choose one of {', '.join(PROFILES)} "
-                          "(the 'real' profile runs `mmd2v2 train` with the real_* configs on GPUs)")
-    return PROFILES[name]
+def run_summary(out_dir: str | Path) -> dict:
+    """From a run's metrics.jsonl: steps logged, final loss terms, mean pairs/s (the first window holds start-up)."""
+    rows = [r for r in read_log_lines(Path(out_dir) / "metrics.jsonl") if r.get("kind") == "train"]
+    if not rows:
+        return {}
+    rates = [r["samples_per_s"] for r in rows[1:]] or [rows[0]["samples_per_s"]]
+    first, last = rows[0], rows[-1]
+    return {"step": last["step"], "pairs_per_s": statistics.fmean(rates), "first_loss": first["loss"],
+            "final_loss": last["loss"], "final": {k: v for k, v in last.items() if k in ("kd", "itc", "loss")}}
 
 
 class Study:
-    def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = ()):
-        from .paths import from_root
+    """One study in one folder. ``overrides`` change every run's config; ``run_overrides`` ({run: [overrides]})
+    one run's. ``log`` receives a line when a run starts and when it ends (training, scoring)."""
 
+    def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = (),
+                 run_overrides: dict[str, list[str]] | None = None, log=print):
         self.profile = get_profile(profile)
         self.run_dir = from_root(run_dir)  # a relative run_dir means the same folder from notebooks/ as from the root
         self.overrides = list(overrides)
+        self.run_overrides = {name: list(extra) for name, extra in (run_overrides or {}).items()}
+        unknown = sorted(set(self.run_overrides) - set(RUNS))
+        if unknown:
+            raise ConfigError(f"run_overrides: unknown run {unknown[0]!r}; the study's runs: {', '.join(RUNS)}")
+        self.log = log
 
     # -------------------------------------------------------------- paths
     def data(self, domain: str) -> Path:
@@ -114,57 +144,53 @@ class Study:
     def frontend_cache(self) -> Path:
         return self.run_dir / "cache" / "frontend"
 
-    def run_out(self, run: str, seed: int) -> Path:
-        return self.run_dir / "runs" / run / f"seed{seed}"
-
-    def result_path(self, run: str, seed: int, dataset: str) -> Path:
-        return self.run_dir / "results" / run / f"seed{seed}-{dataset}.json"
-
     @property
     def transfer_data(self) -> Path:
         return self.run_dir / "data" / "transfer"
 
+    def config(self, run_name: str, seed: int, extra: list[str] = ()) -> TrainConfig:
+        """The resolved training config of one run: the profile's YAML, the profile's, the run's and the user's
+        overrides, and the study's paths (its run folder is keyed by the rest)."""
+        run = RUNS[run_name]
+        overrides = [f"data.root={self.data('synth-coco')}", f"optim.seed={seed}", "run.resume=latest",
+                     # no validation pass: each run is scored on the test splits right after it ends, and the
+                     # untrained level is Table 1's unaligned-towers row
+                     "run.val_every=0", "run.val_at_start=false", f"student.frontend_cache={self.frontend_cache}",
+                     *(() if run.teacher == "none" else (f"teacher.cache={self.cache(run.teacher)}",)),
+                     *self.profile.overrides, *run.overrides, *extra, *self.overrides,
+                     *self.run_overrides.get(run_name, ())]
+        cfg = load_config(self.profile.train_config, overrides)
+        out_dir = self.run_dir / "runs" / run_name / f"seed{seed}-{run_key(cfg, self.run_dir)}"
+        return load_config(self.profile.train_config, [*overrides, f"run.out_dir={out_dir}",
+                                                       f"run.checkpoint_every={max(1, cfg.optim.steps // 2)}"])
+
+    def run_out(self, run_name: str, seed: int) -> Path:
+        return Path(self.config(run_name, seed).run.out_dir)
+
+    def result_path(self, run_name: str, seed: int, dataset: str) -> Path:
+        """``results/<run>/<its run folder's name>-<dataset>.json``; the unaligned towers are keyed by the 5+1
+        student they are built from, the CCA baseline by nothing."""
+        if run_name == "cca":
+            stem = f"seed{seed}"
+        else:
+            stem = self.run_out(run_name if run_name != "unaligned" else "mmd2v2_6", seed).name
+        return self.run_dir / "results" / run_name / f"{stem}-{dataset}.json"
+
     # -------------------------------------------------------------- stages
     def prepare_data(self) -> dict[str, Path]:
-        from data_prep.synth import generate
-
         # The study's data folder holds only generated, reproducible data: regenerate it when stale.
         return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
 
     def transfer_sets(self) -> dict[str, Path]:
         """The zero-shot test scenes in every drawing, captioned in the training phrasing (``data_prep.synth.transfer``)."""
-        from data_prep.synth.transfer import generate_transfer_sets
-
         return generate_transfer_sets(self.data("synth-flickr"), self.transfer_data)
-
-    def base_config(self, run: RunSpec, seed: int, extra: list[str] = ()):
-        from .config import load_config
-
-        overrides = [f"data.root={self.data('synth-coco')}", f"run.out_dir={self.run_out(run.name, seed)}",
-                     f"optim.steps={self.profile.steps}", f"optim.batch_size={self.profile.batch_size}",
-                     f"optim.seed={seed}", "run.resume=latest", f"loss.memory_bank={self.profile.memory_bank}",
-                     # no validation pass: each run is scored on the test splits right after it ends, and the
-                     # untrained level is Table 1's unaligned-towers row
-                     "run.val_every=0", "run.val_at_start=false",
-                     f"run.checkpoint_every={max(1, self.profile.steps // 2)}",
-                     f"student.frontend_cache={self.frontend_cache}",
-                     *run.overrides]
-        if run.teacher != "none":
-            overrides.append(f"teacher.cache={self.cache(run.teacher)}")
-        return load_config(self.profile.train_config, [*overrides, *extra, *self.overrides])
 
     def build_caches(self) -> dict[str, dict]:
         """Targets of the pretrained teacher and of its random-init twin, for the train split."""
-        import time
-
-        from .teachers.cache import TargetCache, build_cache
-        from .teachers.inspect import preprocess_of
-        from .teachers.registry import create_teacher
-
         report = {}
-        for key, run in (("pretrained", RUNS["smke"]), ("random", RUNS["smke_random_teacher"])):
-            cfg = self.base_config(run, 0, ["teacher.cache=null"])  # the cache is what is being made
-            teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
+        for key, run in (("pretrained", "smke"), ("random", "smke_random_teacher")):
+            cfg = self.config(run, 0, ["teacher.cache=null"])  # the cache is what is being made
+            teacher = teacher_from_config(cfg.teacher)
             start = time.perf_counter()
             built = build_cache(teacher, cfg.teacher.target, cfg.data.root, cfg.data.train_split, self.cache(key),
                                 preprocess_of(teacher, cfg.teacher.image_size), batch_size=128, num_workers=2)
@@ -177,14 +203,9 @@ class Study:
 
     def build_frontend_caches(self) -> dict[str, dict]:
         """The students' frozen front end on every image the study reads: the training views and the test sets."""
-        import time
-
-        from .config import student_overrides
-        from .student.frontend_cache import CachedFrontEnd
-        from .student.presets import build_student, get_preset
-
-        cfg = self.base_config(RUNS["mmd2v2_6"], 0)
-        student, _ = build_student(get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student)))
+        cfg = self.config("mmd2v2_6", 0)
+        torch.manual_seed(cfg.optim.seed)  # as the trainer: a random-init front end (smoke) is seed 0's, every time
+        student, _ = student_from_config(cfg)
         source = CachedFrontEnd(student, self.frontend_cache, num_workers=2)
         jobs = [("synth-coco", cfg.data.train_split, v) for v in range(1 + cfg.data.rendering_views)]
         jobs += [(d, "test", 0) for d in TEST_SETS]
@@ -200,90 +221,78 @@ class Study:
 
     def train(self, run_name: str, seed: int) -> Path:
         """Train (or finish training) one run; returns its final checkpoint."""
-        from .train.checkpoint import checkpoint_root
-        from .train.loop import train
-
-        final = checkpoint_root(self.run_out(run_name, seed)) / f"step_{self.profile.steps:07d}"
+        cfg = self.config(run_name, seed)
+        final = checkpoint_root(cfg.run.out_dir) / f"step_{cfg.optim.steps:07d}"
         if not (final / "model.safetensors").is_file():
-            train(self.base_config(RUNS[run_name], seed))
+            self.log(f"[run] {run_name} seed {seed} · start · {cfg.optim.steps} steps × {cfg.optim.batch_size} pairs "
+                     f"→ runs/{run_name}/{Path(cfg.run.out_dir).name}")
+            start = time.perf_counter()
+            train(cfg)
+            summary = run_summary(cfg.run.out_dir)
+            self.log(f"[run] {run_name} seed {seed} · trained in {time.perf_counter() - start:.0f} s · "
+                     f"{summary['pairs_per_s']:.0f} pairs/s · loss {summary['first_loss']:.3f} → "
+                     f"{summary['final_loss']:.3f}")
         return final
 
     def evaluate(self, run_name: str, seed: int) -> list[dict]:
         """Test-split retrieval of one trained run on both test sets (cached in results/)."""
-        from .train.loop import load_trained_student
-
-        paths = [self.result_path(run_name, seed, d) for d in TEST_SETS]
-        if all(p.is_file() for p in paths):
-            return [json.loads(p.read_text()) for p in paths]
+        cached = self._cached(run_name, seed)
+        if cached:
+            return cached
         student, cfg = load_trained_student(self.train(run_name, seed))
-        return self._score(student, cfg.data.tokenizer, run_name, seed, RUNS[run_name].label)
+        return self._score(student, cfg.data.tokenizer, run_name, seed)
 
     def evaluate_unaligned(self, seed: int = 0) -> list[dict]:
         """The student before distillation: towers that never saw each other — the chance-level row."""
-        from .config import student_overrides
-        from .student.presets import build_student, get_preset
-
-        paths = [self.result_path("unaligned", seed, d) for d in TEST_SETS]
-        if all(p.is_file() for p in paths):
-            return [json.loads(p.read_text()) for p in paths]
-        cfg = self.base_config(RUNS["mmd2v2_6"], seed)
-        import torch
-
+        cached = self._cached("unaligned", seed)
+        if cached:
+            return cached
+        cfg = self.config("mmd2v2_6", seed)
         torch.manual_seed(seed)
-        student, _ = build_student(get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student)),
-                                   cfg.student.init)
-        return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed, "Unaligned towers (step 0)")
+        student, _ = student_from_config(cfg)
+        return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed)
 
     def evaluate_baseline(self) -> list[dict]:
         """The trivial non-neural row: thumbnails and bag of words, CCA fitted on synth-coco train."""
-        import time
-
-        from .data.datasets import RetrievalSplit
-        from .data.index import load_manifest, write_text_atomic
-        from .eval.baseline import fit_cca
-
-        paths = [self.result_path("cca", 0, d) for d in TEST_SETS]
-        if all(p.is_file() for p in paths):
-            return [json.loads(p.read_text()) for p in paths]
+        cached = self._cached("cca", 0)
+        if cached:
+            return cached
         start = time.perf_counter()
         baseline = fit_cca(RetrievalSplit.from_index(self.data("synth-coco"), "train"))
         fitted = time.perf_counter() - start
         results = []
-        for dataset, path in zip(TEST_SETS, paths):
+        for dataset in TEST_SETS:
             split = RetrievalSplit.from_index(self.data(dataset), "test")
             result = {"dataset": load_manifest(self.data(dataset))["dataset"], "split": "test",
                       "images": len(split.records), "captions": len(split.captions), "metrics": baseline.evaluate(split),
-                      "fit_seconds": round(fitted, 1), "row": "Trivial baseline: 16×16 thumbnails + bag of words, CCA",
-                      "run": "cca", "seed": 0, "profile": self.profile.name}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, json.dumps(result, indent=2) + "\n")
-            results.append(result)
+                      "fit_seconds": round(fitted, 1)}
+            results.append(self._save(result, "cca", 0))
         return results
 
-    def _score(self, student, tokenizer_name: str, run_name: str, seed: int, label: str) -> list[dict]:
-        from .data.index import write_text_atomic
-        from .eval.embed import evaluate_retrieval, student_inputs
+    def _cached(self, run_name: str, seed: int) -> list[dict]:
+        paths = [self.result_path(run_name, seed, d) for d in TEST_SETS]
+        return [json.loads(p.read_text()) for p in paths] if all(p.is_file() for p in paths) else []
 
+    def _save(self, result: dict, run_name: str, seed: int) -> dict:
+        result.update(row=LABELS[run_name], run=run_name, seed=seed, profile=self.profile.name)
+        path = self.result_path(run_name, seed, result["dataset"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")  # a killed run leaves no half file
+        return result
+
+    def _score(self, student, tokenizer_name: str, run_name: str, seed: int) -> list[dict]:
+        start = time.perf_counter()
         images, tokenizer = student_inputs(student, tokenizer_name, self.frontend_cache)
-        results = []
-        for dataset in TEST_SETS:
-            result = evaluate_retrieval(student, self.data(dataset), "test", images, tokenizer, batch_size=512,
-                                        precision=self.profile.eval_precision)
-            result.update(row=label, run=run_name, seed=seed, profile=self.profile.name)
-            path = self.result_path(run_name, seed, dataset)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, json.dumps(result, indent=2) + "\n")  # a killed run leaves no half file
-            results.append(result)
+        results = [self._save(evaluate_retrieval(student, self.data(dataset), "test", images, tokenizer,
+                                                 batch_size=512, precision=self.profile.eval_precision), run_name, seed)
+                   for dataset in TEST_SETS]
+        self.log(f"[run] {run_name} seed {seed} · scored in {time.perf_counter() - start:.0f} s · mean recall "
+                 + ", ".join(f"{r['dataset']} {r['metrics']['mean']:.1f}" for r in results))
         return results
 
     def transfer_decomposition(self, run_name: str, seed: int) -> dict:
         """One trained run on the zero-shot test scenes in every drawing × phrasing (cached in results/transfer/)."""
-        from .data.index import write_text_atomic
-        from .eval.embed import student_inputs
-        from .eval.transfer import transfer_decomposition
-        from .train.loop import load_trained_student
-
-        path = self.run_dir / "results" / "transfer" / f"{run_name}-seed{seed}.json"
+        path = self.run_dir / "results" / "transfer" / f"{run_name}-{self.run_out(run_name, seed).name}.json"
         if path.is_file():
             return json.loads(path.read_text())
         student, cfg = load_trained_student(self.train(run_name, seed))
@@ -296,67 +305,8 @@ class Study:
         return result
 
     def run_all(self, runs: tuple[str, ...]) -> list[dict]:
-        out = []
-        for name in runs:
-            for seed in self.profile.seeds:
-                out += self.evaluate(name, seed)
-        return out
+        return [r for name in runs for seed in self.profile.seeds for r in self.evaluate(name, seed)]
 
-    # -------------------------------------------------------------- tables
     def results(self, run_name: str) -> list[dict]:
-        folder = self.run_dir / "results" / run_name
-        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-
-    def mean_rows(self, runs: tuple[str, ...]) -> list[dict]:
-        """Per run and test set: the mean over seeds of every recall (what Table 1's measured rows show)."""
-        rows = []
-        for name in runs:
-            for dataset in TEST_SETS:
-                found = [r for r in self.results(name) if r["dataset"] == dataset]
-                if not found:
-                    continue
-                keys = found[0]["metrics"].keys()
-                label = found[0]["row"] + (f" — mean of {len(found)} seeds" if len(found) > 1 else "")
-                rows.append({"row": label, "dataset": dataset, "split": "test", "images": found[0]["images"],
-                             "metrics": {k: statistics.fmean(r["metrics"][k] for r in found) for k in keys}})
-        return rows
-
-    def ablation_table(self, name: str, runs: tuple[str, ...], title: str):
-        """Mean ± spread (half the range over seeds) of the mean recall, per test set, with seed counts."""
-        from .report.tables import SimpleTable
-
-        rows = []
-        for run in runs:
-            res = self.results(run)
-            if not res:
-                continue
-
-            def stat(dataset, key):
-                values = [r["metrics"][key] for r in res if r["dataset"] == dataset]
-                if not values:
-                    return "-"
-                half = (max(values) - min(values)) / 2
-                return f"{statistics.fmean(values):.2f} ± {half:.2f}" if len(values) > 1 else f"{values[0]:.2f}"
-
-            def times_chance(dataset):
-                values = [r["metrics"]["i2t_r1"] * r["images"] / 100 for r in res if r["dataset"] == dataset]
-                return f"{statistics.fmean(values):.0f}×" if values else "-"
-
-            rows.append([RUNS[run].label, str(len({r["seed"] for r in res})), stat("synth-coco", "mean"),
-                         stat("synth-flickr", "mean"), stat("synth-coco", "i2t_r1"), stat("synth-flickr", "i2t_r1"),
-                         times_chance("synth-coco"), times_chance("synth-flickr")])
-        return SimpleTable(name, title, ["run", "seeds", "synth-coco mean R", "synth-flickr mean R",
-                                         "synth-coco I→T R@1", "synth-flickr I→T R@1", "coco I→T R@1 × chance",
-                                         "flickr I→T R@1 × chance"], rows,
-                           ["Mean recall = mean of R@1/5/10 both ways; ± is half the range over seeds. × chance: "
-                            "image→text R@1 over a random ranking's (100 / images), so the 5K and 1K sets compare."])
-
-    def within_noise(self, a: str, b: str, dataset: str = "synth-coco") -> tuple[float, float, bool]:
-        """(difference of mean recall a − b, the larger seed spread, whether the difference is inside it)."""
-        def values(name):
-            return [r["metrics"]["mean"] for r in self.results(name) if r["dataset"] == dataset]
-
-        va, vb = values(a), values(b)
-        diff = statistics.fmean(va) - statistics.fmean(vb)
-        spread = max(max(va) - min(va), max(vb) - min(vb))
-        return diff, spread, abs(diff) <= spread
+        """The test results of a run (or ``unaligned``, ``cca``) under its current config, for every seed scored."""
+        return [r for seed in self.profile.seeds for r in self._cached(run_name, seed)]

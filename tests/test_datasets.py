@@ -1,25 +1,16 @@
-"""Training pairs, retrieval splits, transforms and batching over a prepared index."""
+"""Retrieval splits, transforms, and batching training pairs over a prepared index."""
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mmd2v2_core.data.datasets import CaptionPairs, PairCollator, RetrievalSplit
+from mmd2v2_core.data.datasets import PairCollator, RetrievalSplit
 from mmd2v2_core.data.index import ImageRecord, read_split
 from mmd2v2_core.data.transforms import ImageTransformConfig, eval_transform, train_transform
+from mmd2v2_core.train.data import StepSampler, TrainPairs, View
 
 CFG = ImageTransformConfig(size=32, hflip=0.0)
-
-
-def test_caption_pairs_one_item_per_caption(smoke_data):
-    records = read_split(smoke_data["synth-coco"], "train")
-    pairs = CaptionPairs(records, train_transform(CFG))
-    assert len(pairs) == sum(len(r.captions) for r in records)
-    item = pairs[7]
-    i, j = pairs.pairs[7]
-    assert item["caption"] == records[i].captions[j] and item["image_index"] == i
-    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
 
 
 def test_retrieval_split_maps_every_caption_to_its_image(smoke_data):
@@ -52,12 +43,18 @@ def test_transforms(tmp_path):
     assert torch.allclose(unit, torch.ones_like(unit))
 
 
-def test_loader_with_workers_and_collator(smoke_data, tokenizer):
-    pairs = CaptionPairs.from_index(smoke_data["synth-coco"], "val", train_transform(CFG))
-    loader = DataLoader(pairs, batch_size=16, shuffle=True, num_workers=2, collate_fn=PairCollator(tokenizer))
+def test_training_pairs_batched_by_the_collator_in_workers(smoke_data, tokenizer):
+    """The trainer's batching: one pair per caption, DataLoader workers, the collator tokenising the batch."""
+    records = read_split(smoke_data["synth-coco"], "train")
+    view = View(32, (0.5,) * 3, (0.5,) * 3)
+    pairs = TrainPairs(records, (0.5, 1.0), 0.0, view, view, seed=0)
+    assert len(pairs) == sum(len(r.captions) for r in records)
+    loader = DataLoader(pairs, batch_sampler=StepSampler(len(pairs), 16, 2, seed=0), num_workers=2,
+                        collate_fn=PairCollator(tokenizer))
     batch = next(iter(loader))
-    assert batch["images"].shape == (16, 3, 32, 32)
+    assert batch["images"].shape == batch["teacher_image"].shape == (16, 3, 32, 32)
     assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[1] <= 64
-    assert batch["image_index"].shape == batch["pair_index"].shape == (16,)
-    assert len(batch["captions"]) == 16
+    assert batch["image_id"].dtype == torch.long and batch["image_id"].shape == (16,) and len(batch["captions"]) == 16
     assert torch.equal(batch["input_ids"], tokenizer(batch["captions"])["input_ids"])
+    by_id = {r.image_id: r for r in records}
+    assert all(c in by_id[int(i)].captions for c, i in zip(batch["captions"], batch["image_id"]))

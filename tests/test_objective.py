@@ -10,8 +10,9 @@ import torch
 from mmd2v2_core.config import load_config
 from mmd2v2_core.student.presets import build_student, get_preset
 from mmd2v2_core.teachers.whitening import TargetWhitening
-from mmd2v2_core.train import loop
-from mmd2v2_core.train.loop import Objective, Trainable, _param_groups
+from mmd2v2_core.train import objective
+from mmd2v2_core.train.loop import _param_groups
+from mmd2v2_core.train.objective import Objective, Trainable
 
 
 def hand_itc(image, text, scale):
@@ -83,13 +84,13 @@ def test_kd_temperature_fixed_as_the_original_or_learned(mode, trainable):
 @pytest.mark.parametrize("negatives, gathered", [("local", False), ("global", True)])
 def test_memory_bank_negatives_local_as_the_original_or_gathered(monkeypatch, negatives, gathered):
     seen = {}
-    real = loop.contrastive_distillation_terms
+    real = objective.contrastive_distillation_terms
 
     def spy(*args):
         seen["gather"] = args[-1]
         return real(*args)
 
-    monkeypatch.setattr(loop, "contrastive_distillation_terms", spy)
+    monkeypatch.setattr(objective, "contrastive_distillation_terms", spy)
     cfg = load_config("smoke", ["loss.kd=cdl", "loss.memory_bank=16", f"loss.bank_negatives={negatives}"])
     Objective(cfg, target_dim=5)(_out(), torch.randn(3, 5))
     assert seen["gather"] is gathered

@@ -1,7 +1,10 @@
 """The study as a user runs it: notebooks executed by papermill on the smoke profile, the report they
 produce, resuming, and a failing notebook named with its cell."""
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -11,6 +14,8 @@ from mmd2v2_core.cli import main
 from mmd2v2_core.study import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS_OF_THE_STUDY = ("mmd2v2_6", "mmd2v2_6_weak", "mmd2v2_7_2", "mmd2v2_7", "mmd2v2_6_shared", "smke",
+                     "smke_random_teacher", "smke_no_teacher", "smke_no_views")
 
 
 def test_notebooks_are_thin_clean_and_parameterised():
@@ -28,7 +33,10 @@ def smoke_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     args = ["study", "--profile", "smoke", "--run-dir", str(root / "run"), "--reports", str(root / "reports"),
             "--notebooks", str(ROOT / "notebooks")]
-    assert main(args) == 0
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert main(args) == 0
+    (root / "study.log").write_text(log.getvalue())
     return root, args
 
 
@@ -36,14 +44,16 @@ def test_smoke_study_produces_the_report(smoke_study):
     root, _ = smoke_study
     reports = root / "reports"
     report = (reports / "report.md").read_text()
-    for heading in ("## 00 Data", "## 01 Teacher targets", "## 02 Distillation pretraining", "## 03 Retrieval evaluation",
-                    "## 04 Teacher ablation", "## 05 Attention and layout ablation", "## 06 Embeddings"):
+    for heading in ("## 00 · Data preparation", "## 01 · Teacher targets", "## 02 · Distillation pretraining",
+                    "## 03 · Retrieval evaluation", "## 04 · Teacher ablation", "## 05 · Attention and layout ablation",
+                    "## 06 · Embeddings"):
         assert heading in report
     assert "Not run" not in report
     assert "| Unaligned towers (step 0) |" in report and "| S-SMKE (ITC + contrastive distillation) |" in report
     assert "What each candidate target encodes" in report and "| pretrained: centred + PCA-whitened to 32 |" in report
     assert "| FLAVA | 42.74 | 76.76 | - |" in report  # quoted rows carried along
-    for figure in ("synthetic_samples", "transfer_drawings", "training_curves", "embeddings_tsne", "retrieval_gallery"):
+    for figure in ("synthetic_samples", "transfer_drawings", "training_curves", "training_curves_teacher",
+                   "training_curves_attention", "embeddings_tsne", "retrieval_gallery"):
         assert (reports / "figures" / f"{figure}.png").stat().st_size > 5000
     for table in ("table1", "table2", "table1_synthetic", "ablation_teacher", "ablation_attention",
                   "ablation_transfer"):
@@ -58,6 +68,48 @@ def test_smoke_study_produces_the_report(smoke_study):
     assert "| coco+outline |" in report and "The largest gap between groups is by" in report
     assert len(list((root / "run" / "results" / "transfer").glob("*.json"))) == 2  # with and without views, 1 seed
     assert {json.loads(p.read_text())["dataset"] for p in results} == {"synth-coco", "synth-flickr"}
+
+
+def test_every_run_shows_its_resolved_recipe_and_curves_and_the_log_has_its_start_and_end(smoke_study):
+    from mmd2v2_core.study import ATTENTION_ABLATION, LABELS, TABLE1, TEACHER_ABLATION, TRANSFER_ABLATION
+
+    root, _ = smoke_study
+    shown = {}
+    for name, runs in (("02_distillation_pretraining", TABLE1), ("04_ablation_teacher", TEACHER_ABLATION),
+                       ("05_ablation_attention", ATTENTION_ABLATION + TRANSFER_ABLATION[1:])):
+        executed = nbformat.read(root / "reports" / "notebooks" / f"{name}.ipynb", as_version=4)
+        outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+        assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1, f"{name}: no curves shown"
+        for run in runs:
+            row = next(line for line in markdown.splitlines() if line.startswith(f"| {LABELS[run]} |"))
+            shown[run] = row
+    # read off the resolved config: the smoke YAML's 60 steps × 32, the profile's memory bank, the run's own changes
+    assert "60 × 32" in shown["smke"] and "3 × contrastive distillation + bank 64 + 1 × ITC" in shown["smke"]
+    assert "1 × KD MSE (image + text) + 1 × ITC |" in shown["mmd2v2_6"]  # smoke.yaml adds ITC and "| shared |" in shown["mmd2v2_6_shared"]
+    assert "(random-init)" in shown["smke_random_teacher"] and "| none | - |" in shown["smke_no_teacher"]
+    log = (root / "study.log").read_text()
+    for run in RUNS_OF_THE_STUDY:
+        assert f"[run] {run} seed 0 · start · 60 steps × 32 pairs" in log
+        assert re.search(rf"\[run\] {run} seed 0 · trained in \d+ s · \d+ pairs/s · loss [\d.]+ → [\d.]+", log)
+        assert re.search(rf"\[run\] {run} seed 0 · scored in \d+ s · mean recall synth-coco [\d.]+", log)
+    assert len(log.splitlines()) < 100
+
+
+def test_changing_one_runs_recipe_retrains_only_that_run(smoke_study):
+    from mmd2v2_core.study import RUNS, Study
+
+    root, _ = smoke_study
+    lines = []
+    before, after = Study("smoke", root / "run"), Study("smoke", root / "run", run_overrides={"smke": ["optim.steps=10"]},
+                                                          log=lines.append)
+    assert [r for r in RUNS if before.run_out(r, 0) != after.run_out(r, 0)] == ["smke"]
+    assert after.results("smke") == []  # the new recipe has no results yet; the old ones stay where they were
+    assert all(after.results(r) == before.results(r) for r in RUNS if r != "smke")
+    result = after.evaluate("smke", 0)
+    assert len(lines) == 3 and "10 steps × 32 pairs" in lines[0]
+    assert result[0]["metrics"] != before.results("smke")[0]["metrics"]
+    assert before.results("smke") and after.results("smke") == result
 
 
 def test_rerun_continues_and_only_or_from_rerun_parts(smoke_study, capsys):

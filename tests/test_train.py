@@ -127,9 +127,9 @@ def test_sigterm_saves_and_exits_cleanly(smoke_data, tmp_path):
 
 
 def test_nan_loss_stops_with_step_terms_and_last_checkpoint(smoke_data, tmp_path, monkeypatch):
-    from mmd2v2_core.train import loop
+    from mmd2v2_core.train import objective
 
-    real = loop.Objective.forward
+    real = objective.Objective.forward
     state = {"calls": 0}
 
     def poisoned(self, out, targets):
@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_step_terms_and_last_checkpoint(smoke_data, tmp_path
             terms["loss"] = terms["loss"] + terms["kd"]
         return terms
 
-    monkeypatch.setattr(loop.Objective, "forward", poisoned)
+    monkeypatch.setattr(objective.Objective, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=r"step 5: loss is not finite \(.*kd=nan.*last good checkpoint: .*step_0000004"):
         train(_cfg(smoke_data["synth-coco"], tmp_path, "optim.steps=10", "run.checkpoint_every=2",
                    "run.val_every=1000"))
@@ -239,8 +239,8 @@ def test_student_initialisation_does_not_depend_on_the_teacher(smoke_data, tmp_p
         built.append({k: v.clone() for k, v in student.state_dict().items()})
         return student, report
 
-    build = loop.build_student
-    monkeypatch.setattr(loop, "build_student", recording)
+    build = loop.student_from_config
+    monkeypatch.setattr(loop, "student_from_config", recording)
     for i, teacher in enumerate(["teacher.tiny=false", "teacher.name=none"]):  # the packaged pretrained one
         extra = ["student.preset=smke", "loss.kd=none" if teacher == "teacher.name=none" else "loss.kd=cdl"]
         train(_cfg(smoke_data["synth-coco"], tmp_path / str(i), "optim.steps=1", "run.val_at_start=false", teacher,

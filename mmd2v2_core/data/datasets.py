@@ -1,9 +1,9 @@
-"""Datasets over a prepared index: caption pairs for training, image/caption sets for evaluation.
+"""Evaluation sets over a prepared index, and the batching of training pairs.
 
-``CaptionPairs``: one item per (image, caption) pair, as in the thesis (566,747 COCO pairs).
 ``RetrievalSplit``: the evaluation view — unique images, all captions, and for each caption the row of
-its image (``text_to_image``), which is exactly what the retrieval metric consumes.
-Tokenisation happens in ``PairCollator`` so a whole batch goes through the fast tokenizer at once.
+its image (``text_to_image``), which is exactly what the retrieval metric consumes. The training pairs (one per
+caption, as the thesis' 566,747 COCO pairs) are ``mmd2v2_core.train.data.TrainPairs`` / ``CachedPairs``, or a
+WebDataset stream; ``PairCollator`` batches any of them, tokenising a whole batch at once.
 """
 
 from __future__ import annotations
@@ -17,33 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import open_rgb
-from .index import ImageRecord, read_split
+from .index import ImageRecord, load_manifest, read_split
 from .tokenizer import CaptionTokenizer
-
-
-class CaptionPairs(Dataset):
-    def __init__(self, records: list[ImageRecord], transform: Callable):
-        self.records = records
-        self.transform = transform
-        self.pairs = np.array([(i, j) for i, r in enumerate(records) for j in range(len(r.captions))],
-                              dtype=np.int64).reshape(-1, 2)
-
-    @classmethod
-    def from_index(cls, index_dir: str | Path, split: str, transform: Callable) -> "CaptionPairs":
-        return cls(read_split(index_dir, split), transform)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, k: int) -> dict:
-        i, j = self.pairs[k]
-        record = self.records[i]
-        return {
-            "image": self.transform(open_rgb(record.path)),
-            "caption": record.captions[j],
-            "image_index": int(i),
-            "pair_index": int(k),
-        }
 
 
 class ImageSet(Dataset):
@@ -83,8 +58,6 @@ class RetrievalSplit:
 
     @classmethod
     def from_index(cls, index_dir: str | Path, split: str) -> "RetrievalSplit":
-        from .index import load_manifest
-
         name = f"{load_manifest(index_dir)['dataset']}/{split}"
         return cls.from_records(name, read_split(index_dir, split), Path(index_dir), split)
 
@@ -93,18 +66,23 @@ class RetrievalSplit:
 
 
 class PairCollator:
-    """Stacks images and tokenises the batch's captions (picklable, so it works in DataLoader workers)."""
+    """Batches pair items: tensors stacked (``image`` → ``images``), numbers made a tensor, captions tokenised
+    (``input_ids``, ``attention_mask``; the texts kept as ``captions``), anything else listed. Picklable, so it
+    works in DataLoader workers."""
 
     def __init__(self, tokenizer: CaptionTokenizer):
         self.tokenizer = tokenizer
 
-    def __call__(self, batch: list[dict]) -> dict:
-        out = {
-            "images": torch.stack([b["image"] for b in batch]),
-            "captions": [b["caption"] for b in batch],
-            **self.tokenizer([b["caption"] for b in batch]),
-        }
-        for key in ("image_index", "pair_index"):
-            if key in batch[0]:
-                out[key] = torch.tensor([b[key] for b in batch], dtype=torch.long)
-        return out
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {}
+        for key, first in items[0].items():
+            values = [it[key] for it in items]
+            if key == "caption":
+                batch.update(captions=values, **self.tokenizer(values))
+            elif isinstance(first, torch.Tensor):
+                batch["images" if key == "image" else key] = torch.stack(values)
+            elif isinstance(first, (int, np.integer)):
+                batch[key] = torch.tensor(values, dtype=torch.long)
+            else:
+                batch[key] = values
+        return batch

@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 
 from ..config import EVAL_PRECISIONS
 from ..data.datasets import RetrievalSplit
+from ..data.index import load_manifest
 from ..data.tokenizer import CaptionTokenizer
+from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import clean_worker_errors
 from ..progress import progress
 from ..student.frontend_cache import CachedFrontEnd
@@ -63,8 +65,6 @@ def student_inputs(student, tokenizer_name: str, frontend_cache: str | Path | No
                    device: str | torch.device = "cpu") -> tuple[Callable | CachedFrontEnd, CaptionTokenizer]:
     """The image source and tokenizer a trained student expects: its evaluation transform (its image size) — or,
     with ``frontend_cache`` and a frozen front end, its cached front-end outputs — and its caption length."""
-    from ..data.transforms import ImageTransformConfig, eval_transform
-
     tokenizer = CaptionTokenizer(tokenizer_name, max_length=student.cfg.max_text_len)
     if frontend_cache and student.image_embed.cacheable:
         return CachedFrontEnd(student, frontend_cache, device), tokenizer
@@ -146,8 +146,6 @@ def evaluate_retrieval(model: Encoder, index_dir: str | Path, split: str, transf
                        tokenizer: CaptionTokenizer, batch_size: int = 256, device: str = "cpu",
                        num_workers: int = 0, precision: str = "fp32") -> dict:
     """Encode ``split`` of a prepared dataset and score it: metrics, rank summary and what was measured."""
-    from ..data.index import load_manifest
-
     data = RetrievalSplit.from_index(index_dir, split)
     start = time.perf_counter()
     emb = embed_split(model, data, transform, tokenizer, batch_size, device, num_workers, precision)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data.datasets import RetrievalSplit
+from ..data.images import open_rgb
 from ..data.index import read_split
 from ..data.tokenizer import CaptionTokenizer
 from ..errors import DataError, clean_worker_errors
@@ -96,8 +97,6 @@ def imagenet_zero_shot(model: Encoder, val_dir: str | Path, transform: Callable,
     """Top-1/top-5 on ImageNet-1k val (``val_dir/<wnid>/*``), OpenAI class names and 80 templates."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
     from torchvision.datasets import ImageFolder
-
-    from ..data.images import open_rgb
 
     val_dir = Path(val_dir)
     if not val_dir.is_dir():

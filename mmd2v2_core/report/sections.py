@@ -1,5 +1,6 @@
-"""The report's sections, one function per notebook: each runs its stage's analysis, saves its figures
-and tables under ``reports/``, and returns the Markdown the notebook shows and the report keeps."""
+"""The report's sections: per notebook, the pieces it shows (recipes, tables, figures, readings), each returned as
+Markdown that the notebook displays and the report keeps. Readings are computed from the results: a sentence
+changes when the numbers do. Figures and tables are saved under ``reports/``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,29 @@ import re
 import statistics
 from pathlib import Path
 
-from ..data.index import load_manifest, read_log_lines, read_split
-from ..study import ATTENTION_ABLATION, RUNS, TABLE1, TEACHER_ABLATION, TEST_SETS, TRANSFER_ABLATION, Study
+import torch
+
+from ..data.datasets import RetrievalSplit
+from ..data.index import load_manifest, read_split
+from ..eval.embed import embed_split, student_inputs
+from ..eval.zeroshot import attribute_zero_shot
+from ..student.presets import preset_from_config
+from ..study import LABELS, TEST_SETS, TRANSFER_ABLATION, Study, run_summary
+from ..teachers.cache import TargetCache
+from ..teachers.geometry import ATTRIBUTES, attribute_shares
+from ..teachers.inspect import inspect_teacher
+from ..teachers.registry import teacher_from_config
+from ..teachers.whitening import TargetWhitening
+from ..train.checkpoint import load_trained_student
+from ..viz.browser import RetrievalBrowser
+from ..viz.curves import plot_training_curves
+from ..viz.embeddings import embedding_map
+from ..viz.gallery import plot_gallery
+from ..viz.samples import plot_drawings, plot_samples
+from .findings import Claim, check_claims, findings_markdown
+from .recipes import recipe_markdown
+from .tables import (ablation_table, load_references, mean_rows, render_markdown, seed_tables, simple_markdown,
+                     write_tables)
 
 
 def _rel(path: Path, reports_dir: Path) -> str:
@@ -17,8 +39,6 @@ def _rel(path: Path, reports_dir: Path) -> str:
 
 def data_section(study: Study, domains: dict[str, Path], reports_dir: Path,
                  transfer: dict[str, Path] | None = None) -> str:
-    from ..viz.samples import plot_samples
-
     lines = ["| dataset | split | images | captions | captions/image | mean words | distinct words |",
              "|---|---|---:|---:|---|---:|---:|"]
     for domain, folder in domains.items():
@@ -30,18 +50,26 @@ def data_section(study: Study, domains: dict[str, Path], reports_dir: Path,
                          f"{statistics.fmean(map(len, words)):.1f} | {len({w for ws in words for w in ws})} |")
     figure = plot_samples({d: read_split(f, "test")[:4] for d, f in domains.items()},
                           reports_dir / "figures" / "synthetic_samples.png")
-    return "\n".join(["## 00 Data", "",
-                      "Synthetic Karpathy-format datasets: `synth-coco` (the COCO 5K analogue, trained on) and "
-                      "`synth-flickr` (another rendering style and phrasing, never trained on: the Flickr30K 1K "
-                      "analogue). Every caption names every object, so perfect retrieval is possible.", "",
-                      *lines, "", f"![samples]({_rel(figure, reports_dir)})"] + _drawings_lines(transfer, reports_dir))
+    return "\n".join([*lines, "", f"![samples]({_rel(figure, reports_dir)})"] + _drawings_lines(transfer, reports_dir))
+
+
+def data_reading(domains: dict[str, Path]) -> str:
+    """How far the zero-shot test set's words are from the training captions'."""
+    def vocabulary(domain, split):
+        return {w for r in read_split(domains[domain], split) for c in r.captions for w in re.findall(r"[a-z]+", c.lower())}
+
+    train, test = vocabulary("synth-coco", "train"), vocabulary("synth-flickr", "test")
+    unseen = sorted(test - train)
+    return (f"Reading: {len(unseen)} of the {len(test)} distinct words of the `synth-flickr` test captions never occur "
+            f"in `synth-coco` training captions" + (f" (e.g. {', '.join(unseen[:6])})" if unseen else "")
+            + ": a student can only reach them through the word embeddings it starts from. "
+            + ("So the zero-shot set differs in phrasing as well as in drawing." if unseen else
+               "So the zero-shot set differs in drawing and word order, not in vocabulary."))
 
 
 def _drawings_lines(transfer: dict[str, Path] | None, reports_dir: Path) -> list[str]:
     if not transfer:
         return []
-    from ..viz.samples import plot_drawings
-
     figure = plot_drawings({name: read_split(folder, "test") for name, folder in transfer.items()},
                            reports_dir / "figures" / "transfer_drawings.png")
     return ["", f"For the transfer analysis (notebook 05), the `synth-flickr` test scenes are also drawn in the training "
@@ -51,16 +79,11 @@ def _drawings_lines(transfer: dict[str, Path] | None, reports_dir: Path) -> list
 
 
 def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) -> str:
-    from ..teachers.inspect import inspect_teacher
-    from ..teachers.registry import create_teacher
-
-    lines = ["## 01 Teacher targets", "",
-             "| cache | teacher | items | dim | shards computed now | seconds |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| cache | teacher | items | dim | shards computed now | seconds |", "|---|---|---:|---:|---:|---:|"]
     for key, c in caches.items():
         lines.append(f"| {key} | {c['teacher']} | {c['items']:,} | {c['dim']} | {c['computed_shards']} | {c['seconds']} |")
     lines += target_geometry_lines(study)
-    cfg = study.base_config(RUNS["smke"], 0, ["teacher.cache=null"])
-    teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
+    teacher = teacher_from_config(study.config("smke", 0, ["teacher.cache=null"]).teacher)
     if teacher.spec.num_classes and photos:
         report = inspect_teacher(teacher, photos, top=1)
         lines += ["", f"Sanity check of the teacher's weights on real photographs (top-1 ImageNet class of "
@@ -72,17 +95,10 @@ def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) ->
 
 def target_geometry_lines(study: Study) -> list[str]:
     """Per candidate target (teacher × raw or whitened), the share of its variance each scene attribute explains."""
-    from ..data.datasets import RetrievalSplit
-    from ..student.presets import get_preset
-    from ..teachers.cache import TargetCache
-    from ..teachers.geometry import ATTRIBUTES, attribute_shares
-    from ..teachers.whitening import TargetWhitening
-
     records = RetrievalSplit.from_index(study.data("synth-coco"), "train").records
     if not records or "scene" not in records[0].extra:
         return []
-    cfg = study.base_config(RUNS["mmd2v2_6"], 0)
-    width = get_preset(cfg.student.preset, cfg.student.size).config.width
+    width = preset_from_config(study.config("mmd2v2_6", 0).student).config.width
     scenes = [r.extra["scene"] for r in records]
     shares = {}  # (teacher, whitened?) → {attribute: share}
     for key in ("pretrained", "random"):
@@ -109,52 +125,95 @@ def target_geometry_lines(study: Study) -> list[str]:
     return lines
 
 
-def training_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> str:
-    from ..viz.curves import plot_training_curves
-
-    curves = {f"{RUNS[r].label} (seed {s})": study.run_out(r, s) / "metrics.jsonl"
-              for r in runs for s in study.profile.seeds}
-    figure = plot_training_curves(curves, reports_dir / "figures" / "training_curves.png")
-    p = study.profile
-    rates = [r["samples_per_s"] for path in curves.values() if path.is_file()
-             for r in read_log_lines(path) if r.get("kind") == "train"][1:]  # the first window holds start-up
-    speed = (f" Training ran at {statistics.fmean(rates):.0f} pairs/s on average (the window means logged in "
-             f"`metrics.jsonl`)." if rates else "")
-    return "\n".join(["## 02 Distillation pretraining", "",
-                      f"{len(runs)} recipes × {len(p.seeds)} seed(s), {p.steps} steps of {p.batch_size} pairs each: "
-                      f"{p.steps * p.batch_size:,} pairs seen per run ({p.layout_note}).{speed} No validation pass: each "
-                      "run is scored on the test splits once, in notebook 03 (the untrained student's level is "
-                      "Table 1's unaligned-towers row).", "",
-                      f"![training curves]({_rel(figure, reports_dir)})"])
+def recipes(study: Study, runs: tuple[str, ...]) -> str:
+    """Each run's recipe, read off the resolved config it trains with (seed 0's; seeds differ only in the seed)."""
+    seeds = study.profile.seeds
+    return "\n".join([f"{len(runs)} run(s) × {len(seeds)} seed(s) ({study.profile.layout_note}): "
+                      f"`configs/{study.profile.train_config}.yaml`"
+                      + (f" with `{' '.join(study.profile.overrides)}`" if study.profile.overrides else "")
+                      + ", then each run's own overrides. Resolved:", "",
+                      recipe_markdown({LABELS[r]: study.config(r, seeds[0]) for r in runs})])
 
 
-def retrieval_section(study: Study, reports_dir: Path) -> str:
-    from ..report.tables import load_references, render_markdown, seed_tables, write_tables
+def training_curves(study: Study, runs: tuple[str, ...], reports_dir: Path, name: str) -> str:
+    """Every run's loss terms against steps, all seeds (``reports/figures/<name>.png``)."""
+    curves = {LABELS[r]: {s: study.run_out(r, s) / "metrics.jsonl" for s in study.profile.seeds} for r in runs}
+    figure = plot_training_curves(curves, reports_dir / "figures" / f"{name}.png")
+    return f"![training curves]({_rel(figure, reports_dir)})"
 
-    measured = study.mean_rows(("cca", "unaligned", *TABLE1))
+
+def training_summaries(study: Study, runs: tuple[str, ...]) -> dict[str, list[dict]]:
+    """label → per-seed ``run_summary`` (steps, first and final loss, pairs/s) of the runs that logged."""
+    found = {LABELS[r]: [run_summary(study.run_out(r, s)) for s in study.profile.seeds] for r in runs}
+    return {label: [s for s in summaries if s] for label, summaries in found.items() if any(summaries)}
+
+
+def training_reading(summaries: dict[str, list[dict]]) -> str:
+    """How far each objective fell and how fast the runs went, from ``training_summaries``."""
+    if not summaries:
+        return "Reading: no run has logged a training step yet."
+    kept = {label: statistics.fmean(s["final_loss"] / s["first_loss"] for s in runs) for label, runs in summaries.items()}
+    speed = {label: statistics.fmean(s["pairs_per_s"] for s in runs) for label, runs in summaries.items()}
+    most, least = min(kept, key=kept.get), max(kept, key=kept.get)
+    slowest = min(speed, key=speed.get)
+    return (f"Reading: each run's loss is its own objective, so losses compare within a run, not across runs. From the "
+            f"first logged window to the last, {most} kept the least of its loss ({100 * kept[most]:.0f} %), {least} "
+            f"the most ({100 * kept[least]:.0f} %)"
+            + (": a run that keeps more than half of its loss has barely trained." if kept[least] > 0.5 else ".")
+            + f" Training ran at {statistics.fmean(speed.values()):.0f} pairs/s on average (slowest: {slowest}, "
+              f"{speed[slowest]:.0f} pairs/s; the window means logged in `metrics.jsonl`).")
+
+
+def table1_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> str:
+    """Table 1 on the synthetic test sets (means over seeds) and the quoted reference tables, saved as md/tex/csv."""
+    measured = mean_rows(study.results, ("cca", "unaligned", *runs), TEST_SETS)
     tables = seed_tables(load_references(), measured)
     write_tables(tables, reports_dir / "tables")
     synthetic = next(t for t in tables if t.name == "table1_synthetic")
-    unaligned = [r for r in measured if r["row"].startswith("Unaligned") and r["dataset"] == "synth-coco"]
-    lines = ["## 03 Retrieval evaluation", "",
-             "Zero-shot retrieval on the test splits (BEiT-3 / CLIP_benchmark protocol: all captions, an image "
-             "query hits when any of its captions is in its top K). Measured rows are means over the seeds; the "
-             "per-seed results are in the run directory's `results/`.", "", render_markdown(synthetic)]
-    if unaligned:
-        chance = 100 / unaligned[0]["images"]  # a random ranking puts the true image first once in N
-        lines += [f"The unaligned towers score a mean recall of {unaligned[0]['metrics']['mean']:.2f} on synth-coco "
-                  f"(chance R@1 for text→image is {chance:.2f}%)."]
-    lines += ["", "Reference tables with the published numbers (quoted, with sources in "
-              "`mmd2v2_core/report/references.yaml`; also as `.tex` and `.csv` in `reports/tables/`):", "",
-              *[render_markdown(t) for t in tables if t.name != "table1_synthetic"]]
-    return "\n".join(lines)
+    return "\n".join(["Zero-shot retrieval on the test splits (BEiT-3 / CLIP_benchmark protocol: all captions, an "
+                      "image query hits when any of its captions is in its top K). Measured rows are means over the "
+                      "seeds; the per-seed results are in the run directory's `results/`.", "",
+                      render_markdown(synthetic), "",
+                      "Reference tables with the published numbers (quoted, with sources in "
+                      "`mmd2v2_core/report/references.yaml`; also as `.tex` and `.csv` in `reports/tables/`):", "",
+                      *[render_markdown(t) for t in tables if t.name != "table1_synthetic"]])
+
+
+def _mean(results: list[dict], dataset: str, key: str = "mean") -> float | None:
+    values = [r["metrics"][key] for r in results if r["dataset"] == dataset]
+    return statistics.fmean(values) if values else None
+
+
+def table1_reading(results_of, runs: tuple[str, ...]) -> str:
+    """Which row leads on each test set, against the CCA baseline and the unaligned towers, and the seed's two
+    headline comparisons with computed verdicts. ``results_of(run) -> per-seed results`` (as ``Study.results``)."""
+    lines = []
+    for dataset in TEST_SETS:
+        scored = {r: _mean(results_of(r), dataset) for r in runs}
+        scored = {r: v for r, v in scored.items() if v is not None}
+        if not scored:
+            continue
+        best = max(scored, key=scored.get)
+        floor = {k: _mean(results_of(k), dataset) for k in ("cca", "unaligned")}
+        against = "; ".join(f"{name} {floor[k]:.1f}" for k, name in (("cca", "CCA baseline"),
+                                                                     ("unaligned", "unaligned towers"))
+                            if floor[k] is not None)
+        below = [LABELS[r] for r, v in scored.items() if floor["cca"] is not None and v <= floor["cca"]]
+        lines.append(f"- {dataset}: {LABELS[best]} leads with a mean recall of {scored[best]:.1f} ({against}); "
+                     + (f"not above the CCA baseline: {', '.join(below)}." if below else
+                        "every trained row is above the CCA baseline."))
+    lines += comparison_lines(results_of, (Claim("Strong vs weak teacher (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_weak"),
+                                           Claim("S-SMKE vs MM-D2V2 5+1", "smke", "mmd2v2_6")))
+    return "Reading:\n\n" + "\n".join(lines) if lines else "Reading: no run has been scored yet."
+
+
+def comparison_lines(results_of, claims, datasets: tuple[str, ...] = TEST_SETS) -> list[str]:
+    """One line per claim and test set: the difference of mean recall, the seed spread, the computed verdict."""
+    return [f"- {r['claim']}, {r['dataset']}: {r['diff']:+.2f} points of mean recall ({r['a']:.1f} vs {r['b']:.1f}; "
+            f"larger seed range {r['spread']:.2f}) — {r['verdict']}." for r in check_claims(results_of, datasets, claims)]
 
 
 def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
-    from ..eval.embed import student_inputs
-    from ..eval.zeroshot import attribute_zero_shot
-    from ..train.loop import load_trained_student
-
     lines = ["### Zero-shot attribute classification", "",
              "Single-object `synth-coco` test images, prompts per attribute value averaged into class prototypes "
              "(CLIP-style); seed 0 of each run.", "",
@@ -164,7 +223,7 @@ def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
         student, cfg = load_trained_student(study.train(name, study.profile.seeds[0]))
         result = attribute_zero_shot(student, study.data("synth-coco"), "test",
                                      *student_inputs(student, cfg.data.tokenizer, study.frontend_cache))
-        lines.append(f"| {RUNS[name].label} | " + " | ".join(f"{result[a]['accuracy']:.1f}" for a in
+        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{result[a]['accuracy']:.1f}" for a in
                                                              ("shape", "color", "size", "position")) + " |")
         chance_row = result
     if chance_row:
@@ -175,38 +234,21 @@ def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def ablation_section(study: Study, reports_dir: Path, name: str, title: str, runs: tuple[str, ...],
-                     comparisons: list[tuple[str, str]], heading: str) -> str:
-    from ..report.tables import simple_markdown, write_tables
-
-    table = study.ablation_table(name, runs, title)
+def ablation_section(study: Study, reports_dir: Path, name: str, title: str, runs: tuple[str, ...]) -> str:
+    """The ablation's table (mean ± spread over seeds), saved as md/tex/csv."""
+    table = ablation_table(study.results, name, runs, title, LABELS)
     write_tables([table], reports_dir / "tables")
-    lines = [heading, "", simple_markdown(table), f"Also as `.tex` and `.csv`: `tables/{name}.*`.", ""]
-    for a, b in comparisons:
-        if not (study.results(a) and study.results(b)):
-            continue
-        diff, spread, noise = study.within_noise(a, b)
-        seeds = len(study.profile.seeds)
-        verdict = ("within the seed-to-seed spread: not a measured difference" if noise else
-                   "larger than the seed-to-seed spread")
-        if seeds < 2:
-            verdict = "one seed only: no spread to compare against"
-        lines.append(f"- {RUNS[a].label} vs {RUNS[b].label}: {diff:+.2f} points of mean recall on synth-coco "
-                     f"(largest spread {spread:.2f}) — {verdict}.")
-    return "\n".join(lines)
+    return "\n".join([simple_markdown(table), f"Also as `.tex` and `.csv`: `tables/{name}.*`."])
+
+
+def ablation_reading(results_of, comparisons: list[tuple[str, str]]) -> str:
+    """Each comparison (a, b) on both test sets, with the verdict computed from the seed spread."""
+    lines = comparison_lines(results_of, [Claim(f"{LABELS[a]} vs {LABELS[b]}", a, b) for a, b in comparisons])
+    return "Reading:\n\n" + "\n".join(lines) if lines else "Reading: the compared runs have not been scored yet."
 
 
 def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
     """The embedding map and the retrieval gallery of one run; returns (markdown, browser)."""
-    import torch
-
-    from ..data.datasets import RetrievalSplit
-    from ..eval.embed import embed_split, student_inputs
-    from ..train.loop import load_trained_student
-    from ..viz.browser import RetrievalBrowser
-    from ..viz.embeddings import embedding_map
-    from ..viz.gallery import plot_gallery
-
     student, cfg = load_trained_student(study.train(run, study.profile.seeds[0]))
     images, tokenizer = student_inputs(student, cfg.data.tokenizer, study.frontend_cache)
     split = RetrievalSplit.from_index(study.data("synth-coco"), "test")
@@ -229,8 +271,7 @@ def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
            if stats["nearest_caption_same_attribute"] > 2 * stats["attribute_chance"] else
            "The background is not what the student has learned either. ")
         + f"The two modalities' point clouds are offset by {stats['modality_gap']:.2f} standard deviations of the map.")
-    text = "\n".join(["## 06 Embeddings and retrieval browser", "",
-                      f"t-SNE of {n} `synth-coco` test images and one caption of each, from {RUNS[run].label} "
+    text = "\n".join([f"t-SNE of {n} `synth-coco` test images and one caption of each, from {LABELS[run]} "
                       f"(seed {study.profile.seeds[0]}).", "", f"![embeddings]({_rel(figure, reports_dir)})", "",
                       reading, "", "Retrieval successes (green: the true image is first) and failures, "
                       "caption → top-3 images:", "", f"![gallery]({_rel(gallery, reports_dir)})", "",
@@ -252,7 +293,7 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
     first = found[runs[0]]
     drawings = list(first[0]["recall"])
     n = first[0]["images"]
-    header = " | ".join(f"{RUNS[r].label.split(' (')[0]} · {p} phrasing" for r in runs for p in ("test", "training"))
+    header = " | ".join(f"{LABELS[r].split(' (')[0]} · {p} phrasing" for r in runs for p in ("test", "training"))
     lines = [f"Where the transfer is lost: the {n:,} `synth-flickr` test scenes drawn in every way and captioned in "
              "both phrasings (`data_prep/synth/transfer.py`); image→text R@1 on the 1K gallery, mean of "
              f"{len(first)} seed(s). `flickr` is the test set's drawing, `coco` the training style, `coco+<trait>` "
@@ -269,7 +310,7 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
         phrasing = m[("coco", "training")] - m[("coco", "test")]
         traits = {d: m[("coco", "training")] - m[(d, "training")] for d in drawings if d.startswith("coco+")}
         worst = max(traits, key=traits.get)
-        lines.append(f"- {RUNS[r].label}: the test set's drawing costs {rendering:.1f} points of R@1 against the "
+        lines.append(f"- {LABELS[r]}: the test set's drawing costs {rendering:.1f} points of R@1 against the "
                      f"training style (both with test phrasing), its phrasing {phrasing:.1f} points (both in the "
                      f"training style) — {'rendering' if rendering > phrasing else 'phrasing'} is the larger shift. "
                      f"The costliest single trait is `{worst.split('+')[1]}` ({traits[worst]:.1f} points), then " +
@@ -279,7 +320,7 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
     failures = _seed_mean(best, lambda x: x["failures"]["failures"])
     near = _seed_mean(best, lambda x: x["failures"]["near_misses"])
     wrong = {a: _seed_mean(best, lambda x, a=a: x["failures"]["wrong"][a]) for a in best[0]["failures"]["wrong"]}
-    lines += ["", f"What {RUNS[runs[0]].label} still gets wrong on the test set (mean of {len(best)} seed(s)): "
+    lines += ["", f"What {LABELS[runs[0]]} still gets wrong on the test set (mean of {len(best)} seed(s)): "
                   f"{failures:.0f} of {n:,} images do not retrieve one of their captions first; only {near:.0f} of "
                   "those are near misses (a scene that differs in one attribute). The retrieved caption's scene has "
                   "another " + ", ".join(f"{a} {100 * v:.0f} %" for a, v in sorted(wrong.items(), key=lambda x: -x[1]))
@@ -297,19 +338,17 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
     return lines
 
 
-def findings_section(study: Study, reports_dir: Path) -> str:
-    """The transfer ablation (rendering views or not), then every qualitative claim of the seed and the thesis
-    with its measurement and a computed verdict."""
-    from .findings import check_claims, findings_markdown
+def transfer_section(study: Study, reports_dir: Path) -> str:
+    """The transfer ablation (S-SMKE with and without rendering views) and where the transfer is lost."""
+    table = ablation_section(study, reports_dir, "ablation_transfer",
+                             "Zero-shot transfer: S-SMKE with and without rendering-augmented views", TRANSFER_ABLATION)
+    return "\n".join([table, "", ablation_reading(study.results, [TRANSFER_ABLATION]), "",
+                      "The rendering views change outline, shadow, background gradient and texture, rotation, blur and "
+                      "foreground colour of training images (`mmd2v2_core/data/rendering.py`); no test image or "
+                      "statistic is used, but the traits were chosen knowing the kinds of rendering change a test set "
+                      "may bring.", "", *transfer_decomposition_lines(study, TRANSFER_ABLATION)])
 
-    transfer = ablation_section(study, reports_dir, "ablation_transfer",
-                                "Zero-shot transfer: S-SMKE with and without rendering-augmented views",
-                                TRANSFER_ABLATION, [("smke", "smke_no_views")], "### Zero-shot transfer")
-    transfer += ("\n\nThe rendering views change outline, shadow, background gradient and texture, rotation, blur and "
-                 "foreground colour of training images (`mmd2v2_core/data/rendering.py`); no test image or statistic "
-                 "is used, but the traits were chosen knowing the kinds of rendering change a test set may bring.")
-    transfer += "\n\n" + "\n".join(transfer_decomposition_lines(study, TRANSFER_ABLATION))
-    rows = check_claims(study.results, TEST_SETS)
-    unaligned = [r for r in study.results("unaligned")]
-    return "\n".join(["## Findings", "", transfer, "", "### The seed's claims, measured", "",
-                      findings_markdown(rows, unaligned)])
+
+def findings_section(results_of) -> str:
+    """Every qualitative claim of the seed and the thesis with its measurement and a computed verdict."""
+    return findings_markdown(check_claims(results_of, TEST_SETS), results_of("unaligned"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -129,6 +130,51 @@ def seed_tables(references: dict, results: list[dict] = ()) -> list[Table]:
              "not comparable with MSCOCO or Flickr30K numbers."],
         ))
     return tables
+
+
+def mean_rows(results_of, runs: tuple[str, ...], datasets: tuple[str, ...]) -> list[dict]:
+    """Per run and test set: the mean over seeds of every recall (what Table 1's measured rows show).
+    ``results_of(run) -> list of per-seed result dicts`` (as ``Study.results``)."""
+    rows = []
+    for name in runs:
+        for dataset in datasets:
+            found = [r for r in results_of(name) if r["dataset"] == dataset]
+            if not found:
+                continue
+            keys = found[0]["metrics"].keys()
+            label = found[0]["row"] + (f" — mean of {len(found)} seeds" if len(found) > 1 else "")
+            rows.append({"row": label, "dataset": dataset, "split": "test", "images": found[0]["images"],
+                         "metrics": {k: statistics.fmean(r["metrics"][k] for r in found) for k in keys}})
+    return rows
+
+
+def ablation_table(results_of, name: str, runs: tuple[str, ...], title: str, labels: dict[str, str]) -> SimpleTable:
+    """Mean ± spread (half the range over seeds) of the mean recall and of I→T R@1, per test set, with seed counts
+    and I→T R@1 as a multiple of chance."""
+    rows = []
+    for run in runs:
+        res = results_of(run)
+        if not res:
+            continue
+
+        def stat(dataset, key):
+            values = [r["metrics"][key] for r in res if r["dataset"] == dataset]
+            if not values:
+                return MISSING
+            half = (max(values) - min(values)) / 2
+            return f"{statistics.fmean(values):.2f} ± {half:.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+        def times_chance(dataset):
+            values = [r["metrics"]["i2t_r1"] * r["images"] / 100 for r in res if r["dataset"] == dataset]
+            return f"{statistics.fmean(values):.0f}×" if values else MISSING
+
+        rows.append([labels[run], str(len({r["seed"] for r in res})), stat("synth-coco", "mean"),
+                     stat("synth-flickr", "mean"), stat("synth-coco", "i2t_r1"), stat("synth-flickr", "i2t_r1"),
+                     times_chance("synth-coco"), times_chance("synth-flickr")])
+    return SimpleTable(name, title, ["run", "seeds", "synth-coco mean R", "synth-flickr mean R", "synth-coco I→T R@1",
+                                     "synth-flickr I→T R@1", "coco I→T R@1 × chance", "flickr I→T R@1 × chance"], rows,
+                       ["Mean recall = mean of R@1/5/10 both ways; ± is half the range over seeds. × chance: "
+                        "image→text R@1 over a random ranking's (100 / images), so the 5K and 1K sets compare."])
 
 
 def _cells(row: Row, datasets) -> list[str]:

@@ -27,7 +27,7 @@ import torch
 from timm.models.beit import RelativePositionBias
 from torch import nn
 
-from .blocks import Block
+from ..teachers.packaged import build_efficientnet_lite0
 
 STEM_CHANNELS = (16, 24, 40, 80, 112, 192, 320)  # EfficientNet-Lite0's seven stages
 STEM_STRIDES = (2, 4, 8, 16, 16, 32, 32)
@@ -115,8 +115,6 @@ class PatchFrontEnd(FrontEnd):
 
 def efficientnet_stem(stage: int) -> nn.Sequential:
     """EfficientNet-Lite0 (timm's tf_efficientnet_lite0, random init) up to and including ``stage``."""
-    from ..teachers.packaged import build_efficientnet_lite0
-
     net = build_efficientnet_lite0()
     # channels-last: its depthwise convolutions run 1.7× faster on CPU, with the same results
     return nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:stage + 1]).to(memory_format=torch.channels_last)

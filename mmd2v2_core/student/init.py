@@ -132,7 +132,7 @@ def init_image_from_timm(student: MultimodalStudent, model: nn.Module, name: str
 def init_text_from_hf(student: MultimodalStudent, model: nn.Module, name: str = "text model",
                       how: str = "first") -> list[int]:
     """Copy embeddings and layers of a transformers BERT-layout encoder into the text side."""
-    cfg, embed, hf = student.cfg, student.text_embed, model.config
+    cfg, hf = student.cfg, model.config
     _check_width(student, name, hf.hidden_size, hf.num_attention_heads, hf.intermediate_size)
     if hf.vocab_size != cfg.vocab_size:
         raise ConfigError(f"{name} has a vocabulary of {hf.vocab_size}, the student {cfg.vocab_size}")

@@ -29,6 +29,7 @@ from torch import nn
 
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from .blocks import Block, ModalityBlock
 from .frontends import PatchFrontEnd, StemFrontEnd, TextFrontEnd, efficientnet_stem
 
@@ -69,8 +70,6 @@ class StudentConfig:
     init_std: float | None = 0.02
 
     def __post_init__(self):
-        from ..errors import ConfigError
-
         if not 0 <= self.n_shared <= self.depth:
             raise ConfigError(f"student.n_shared={self.n_shared} must be between 0 and student.depth={self.depth}")
         if self.attention not in ("separate", "shared"):

@@ -26,6 +26,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import ConfigError
+from ..teachers.registry import create_teacher
+from .init import (freeze_embeddings, init_image_from_timm, init_image_stem, init_text_embeddings_from_hf,
+                   init_text_from_hf)
 from .model import MultimodalStudent, StudentConfig
 
 ARCHS = {
@@ -103,12 +106,28 @@ def get_preset(arch: str, size: str = "embedded", **overrides) -> Preset:
     return Preset(arch, size, cfg, image_init, text_init, tokenizer)
 
 
+def preset_from_config(section, **derived) -> Preset:
+    """The preset a training config's ``student`` section names, with its attention and layout overrides;
+    ``derived``: the fields the trainer sets from the teacher (``kd_dim``, ``num_classes``)."""
+    layout = {k: getattr(section, k) for k in ("depth", "n_shared") if getattr(section, k) is not None}
+    return get_preset(section.preset, section.size, attention=section.attention, **layout, **derived)
+
+
+def student_from_config(cfg, **derived) -> tuple[MultimodalStudent, dict]:
+    """The student a training config (``mmd2v2_core.config.TrainConfig``) describes, initialised and frozen as it
+    says; returns (model, init report). The trainer, the study and the report all build students here."""
+    s = cfg.student
+    student, report = build_student(preset_from_config(s, **derived), s.init,
+                                    {"image": s.image_weights, "text": s.text_weights}, s.layers,
+                                    cfg.teacher.weights_dir)
+    if s.freeze_embeddings:
+        freeze_embeddings(student)
+    return student, report
+
+
 def build_student(preset: Preset, init: bool = True, weights: dict | None = None, layers: str = "first",
                   weights_dir=None) -> tuple[MultimodalStudent, dict]:
     """The student of a preset, initialised from its unimodal models when ``init``; returns (model, init report)."""
-    from ..teachers.registry import create_teacher
-    from .init import init_image_from_timm, init_image_stem, init_text_embeddings_from_hf, init_text_from_hf
-
     cfg = preset.config
     student = MultimodalStudent(cfg)
     report = {"image": "random", "text": "random"}

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datasets import ImageSet
+from ..data.images import open_rgb
 from ..data.index import load_manifest, read_split, write_text_atomic
 from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import DataError, clean_worker_errors
@@ -171,8 +172,6 @@ def build_feature_cache(extract: Callable[[torch.Tensor], torch.Tensor], fp: dic
 
 
 def _first_image(records):
-    from ..data.images import open_rgb
-
     return open_rgb(records[0].path)
 
 

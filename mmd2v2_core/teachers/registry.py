@@ -1,6 +1,7 @@
 """Every teacher the study uses, by name: what it is, where its weights come from, how to build it.
 
-``create_teacher(name, weights=..., tiny=False)`` returns a frozen ``Teacher``. ``tiny=True`` builds the
+``create_teacher(name, weights=..., tiny=False)`` returns a frozen ``Teacher``; ``teacher_from_config(cfg.teacher)``
+the one a training config's ``teacher`` section names. ``tiny=True`` builds the
 same architecture in a tiny random-init configuration, always with the same seed (tests and the smoke
 profile); otherwise the
 real weights are loaded from ``weights`` (a file or folder), from ``<weights_dir>/<default file>``,
@@ -10,6 +11,7 @@ error says what to fetch when none of those has them.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import os
@@ -86,8 +88,6 @@ TEACHERS: dict[str, TeacherSpec] = {s.name: s for s in [
 
 def get_spec(name: str) -> TeacherSpec:
     if name not in TEACHERS:
-        import difflib
-
         close = difflib.get_close_matches(name, TEACHERS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown teacher {name!r}; known: {', '.join(TEACHERS)}.{hint}")
@@ -174,6 +174,11 @@ def create_teacher(name: str, weights: str | Path | None = None, tiny: bool = Fa
             raise MissingWeights(name, spec.default_file, spec.weights,
                                  f"put it in {weights_dir(folder)}/ (or set {WEIGHTS_DIR_ENV}), or pass --weights PATH")
     return Teacher(spec, _fn(spec.loader)(path), tiny=False)
+
+
+def teacher_from_config(section) -> Teacher:
+    """The teacher of a training config's ``teacher`` section (``mmd2v2_core.config.TeacherConfig``)."""
+    return create_teacher(section.name, section.weights, section.tiny, section.weights_dir)
 
 
 def parameter_count(spec: TeacherSpec) -> int:

@@ -25,12 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from ..config import TrainConfig, from_dict
 from ..data.index import write_text_atomic
 from ..errors import DataError
+from ..student.model import MultimodalStudent, StudentConfig
 from ..teachers.checkpoints import unpickling_refusal
+from .objective import Objective, Trainable
 
 LATEST = "latest"
 # What the writers raise when the disk fills: safetensors its own error, torch.save a RuntimeError of its stream
@@ -159,8 +163,6 @@ STRUCTURAL_KEYS = ("student.preset", "student.size", "student.attention", "stude
 
 def check_compatible(path: Path, config: dict) -> None:
     """Refuse to resume from a checkpoint trained with another architecture, naming the keys that differ."""
-    import yaml
-
     try:
         saved = yaml.safe_load((path / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
@@ -174,3 +176,18 @@ def check_compatible(path: Path, config: dict) -> None:
     if diff:
         raise DataError(f"{path}: checkpoint was trained with another model: {'; '.join(diff)}. "
                         "Resume with its settings, or start a new run (another run.out_dir, or run.resume=null).")
+
+
+def load_trained_student(path: str | Path) -> tuple[MultimodalStudent, TrainConfig]:
+    """The student of a checkpoint folder, in eval mode, with the configuration it was trained with."""
+    path = Path(path)
+    for name in ("config.yaml", "student.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise DataError(f"{path}: not a training checkpoint (no {name})")
+    cfg = from_dict(yaml.safe_load((path / "config.yaml").read_text()))
+    student_cfg = StudentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in json.loads((path / "student.json").read_text()).items()})
+    student = MultimodalStudent(student_cfg)
+    target_dim = student_cfg.kd_dim or student_cfg.num_classes
+    load_checkpoint(path, Trainable(student, Objective(cfg, target_dim)))
+    return student.eval(), cfg

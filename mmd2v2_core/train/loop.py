@@ -20,15 +20,15 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import TrainConfig, student_overrides, to_dict, to_yaml
-from ..data.datasets import RetrievalSplit
+from ..config import TrainConfig, to_dict, to_yaml
+from ..data.datasets import PairCollator, RetrievalSplit
 from ..data.images import open_rgb
 from ..data.index import read_log_lines, read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
@@ -36,19 +36,18 @@ from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import ConfigError, DataError, KitError, clean_worker_errors
 from ..eval.embed import embed_split
 from ..eval.retrieval import recall_at_k
-from ..losses import (LearnableTemperature, TeacherMemoryBank, contrastive_distillation_terms, gather_no_grad,
-                      itc_loss, kd_regression_terms, shre_kd_terms)
+from ..losses import gather_no_grad
 from ..progress import progress
 from ..student.frontend_cache import CachedFrontEnd
-from ..student.init import freeze_embeddings
-from ..student.presets import build_student, get_preset
+from ..student.presets import preset_from_config, student_from_config
 from ..teachers.cache import TargetCache, dataset_fingerprint, fingerprint
 from ..teachers.inspect import preprocess_of
-from ..teachers.registry import create_teacher
+from ..teachers.registry import teacher_from_config
 from ..teachers.targets import compute_target
 from ..teachers.whitening import TargetWhitening
 from .checkpoint import (check_compatible, find_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint,
                          set_rng_state)
+from .objective import Objective, Trainable
 from .data import CachedPairs, StepSampler, TrainPairs, View, skipped_images
 
 SKIPPED_LOG = "skipped_images.jsonl"
@@ -75,61 +74,6 @@ class TrainResult:
     val_history: list[dict]
     best_checkpoint: Path | None
     skipped_images: list[dict] = field(default_factory=list)  # files that broke after indexing
-
-
-class Objective(nn.Module):
-    """Every recipe's loss in one place, and the trainable state beside the student (temperatures, memory bank).
-
-    Terms (each logged): ``kd_image`` / ``kd_text`` (the image's and the caption's KD term), ``kd`` (MSE/cosine:
-    their sum, as the seed's MM-D2V2; cdl and shre: their mean, as the original S-SMKE / SHRe), ``itc`` (with
-    ``loss.itc_hidden`` the mean of ``itc_final`` and ``itc_hidden``, each with its own learnable temperature, as
-    the original S-SMKE code), and ``loss`` = kd_weight·kd + itc_weight·itc.
-    """
-
-    def __init__(self, cfg: TrainConfig, target_dim: int):
-        super().__init__()
-        self.cfg = cfg.loss
-        self.itc_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale)
-        self.itc_hidden_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale) if cfg.loss.itc_hidden \
-            else None
-        self.kd_scale = LearnableTemperature(learnable=cfg.loss.kd_temperature == "learned")
-        self.bank = TeacherMemoryBank(cfg.loss.memory_bank, target_dim, torch.Generator().manual_seed(cfg.optim.seed)) \
-            if cfg.loss.kd == "cdl" and cfg.loss.memory_bank else None
-
-    def forward(self, out: dict, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        c, terms = self.cfg, {}
-        if c.kd in ("mse", "cosine"):
-            terms["kd_image"], terms["kd_text"] = kd_regression_terms(out["image_kd"], out["text_kd"], targets, c.kd)
-            terms["kd"] = terms["kd_image"] + terms["kd_text"]
-        elif c.kd == "cdl":
-            bank = self.bank.entries() if self.bank is not None else None
-            gather = bank is None or c.bank_negatives == "global"
-            terms["kd_image"], terms["kd_text"] = contrastive_distillation_terms(
-                out["image_kd"], out["text_kd"], targets, self.kd_scale(), bank, gather)
-            terms["kd"] = 0.5 * (terms["kd_image"] + terms["kd_text"])
-        elif c.kd == "shre":
-            terms["kd_image"], terms["kd_text"] = shre_kd_terms(out["image_logits"], out["text_logits"], targets)
-            terms["kd"] = 0.5 * (terms["kd_image"] + terms["kd_text"])
-        if c.itc_weight:
-            terms["itc"] = itc_loss(out["image_emb"], out["text_emb"], self.itc_scale())
-            if self.itc_hidden_scale is not None:
-                terms["itc_final"] = terms["itc"]
-                terms["itc_hidden"] = itc_loss(out["image_hidden"], out["text_hidden"], self.itc_hidden_scale())
-                terms["itc"] = 0.5 * (terms["itc_final"] + terms["itc_hidden"])
-        terms["loss"] = c.kd_weight * terms.get("kd", 0.0) + c.itc_weight * terms.get("itc", 0.0)
-        return terms
-
-
-class Trainable(nn.Module):
-    """Student + objective as one module, so DDP synchronises and checkpoints cover both."""
-
-    def __init__(self, student: nn.Module, objective: Objective):
-        super().__init__()
-        self.student, self.objective = student, objective
-
-    def forward(self, images, input_ids, attention_mask, targets):
-        out = self.student(images, input_ids, attention_mask)
-        return self.objective(out, targets)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -191,7 +135,7 @@ class _Targets:
         if cfg.teacher.name == "none":
             self.dim = 0
             return
-        self.teacher = create_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.tiny, cfg.teacher.weights_dir)
+        self.teacher = teacher_from_config(cfg.teacher)
         self.preprocess = preprocess_of(self.teacher, cfg.teacher.image_size)
         if cfg.teacher.cache:
             expected = fingerprint(self.teacher, cfg.teacher.target, cfg.teacher.top_k, self.preprocess,
@@ -251,16 +195,6 @@ class _Targets:
         return self.whitening(target) if self.whitening is not None else target
 
 
-def _collate(tokenizer: CaptionTokenizer):
-    def collate(items: list[dict]) -> dict:
-        batch = {"images": torch.stack([it["image"] for it in items]),
-                 "image_id": torch.tensor([it["image_id"] for it in items]), **tokenizer([it["caption"] for it in items])}
-        if "teacher_image" in items[0]:
-            batch["teacher_image"] = torch.stack([it["teacher_image"] for it in items])
-        return batch
-    return collate
-
-
 def evaluate_val(student: nn.Module, split: RetrievalSplit, images, tokenizer, device) -> dict:
     emb = embed_split(student, split, images, tokenizer, batch_size=256, device=device)
     return recall_at_k(emb.image, emb.text, emb.text_to_image)
@@ -316,26 +250,6 @@ class _Logger:
                 self.wandb.finish()
 
 
-def load_trained_student(path: str | Path) -> tuple[nn.Module, TrainConfig]:
-    """The student of a checkpoint folder, in eval mode, with the configuration it was trained with."""
-    import yaml
-
-    from ..config import from_dict
-    from ..student.model import MultimodalStudent, StudentConfig
-
-    path = Path(path)
-    for name in ("config.yaml", "student.json", "model.safetensors"):
-        if not (path / name).is_file():
-            raise DataError(f"{path}: not a training checkpoint (no {name})")
-    cfg = from_dict(yaml.safe_load((path / "config.yaml").read_text()))
-    student_cfg = StudentConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in json.loads((path / "student.json").read_text()).items()})
-    student = MultimodalStudent(student_cfg)
-    target_dim = student_cfg.kd_dim or student_cfg.num_classes
-    load_checkpoint(path, Trainable(student, Objective(cfg, target_dim)))
-    return student.eval(), cfg
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
@@ -345,25 +259,18 @@ def train(cfg: TrainConfig) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = _Targets(cfg, device)
     records = read_split(cfg.data.root, cfg.data.train_split)
-    width = get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student)).config.width
+    width = preset_from_config(cfg.student).config.width
     if cfg.teacher.whiten and targets.dim:
         targets.whiten_to(width, records)
     # After the teacher (whose construction may draw random numbers): the student's initial weights depend
     # on the seed and architecture only — the same on every rank, and with any teacher or none.
     torch.manual_seed(cfg.optim.seed)
-    preset = get_preset(cfg.student.preset, cfg.student.size, **student_overrides(cfg.student),
-                        **({"kd_dim": 0, "num_classes": targets.dim} if cfg.loss.kd == "shre"
-                           else {"kd_dim": targets.dim}))
-    student, init_report = build_student(preset, cfg.student.init, {"image": cfg.student.image_weights,
-                                                                    "text": cfg.student.text_weights},
-                                         cfg.student.layers, cfg.teacher.weights_dir)
-    if cfg.student.freeze_embeddings:
-        freeze_embeddings(student)
+    student, init_report = student_from_config(cfg, **({"kd_dim": 0, "num_classes": targets.dim}
+                                                       if cfg.loss.kd == "shre" else {"kd_dim": targets.dim}))
     student.grad_checkpointing = cfg.optim.grad_checkpointing
     model = Trainable(student, Objective(cfg, targets.dim)).to(device)
-    tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=preset.config.max_text_len)
-    s_cfg = preset.config
-    view = ImageTransformConfig(size=s_cfg.image_size)
+    tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len)
+    view = ImageTransformConfig(size=student.cfg.image_size)
     val_split = RetrievalSplit.from_index(cfg.data.root, cfg.data.val_split)
     if cfg.student.frontend_cache:  # the frozen front end's outputs, computed once: a step is the trainable part
         if targets.teacher is not None:
@@ -436,10 +343,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     if step == 0 and rank == 0 and not val_history and cfg.run.val_at_start:
         validate()  # the untrained student: the baseline every later score is read against
-    local = cfg.optim.batch_size // world // cfg.optim.accum
     sampler = StepSampler(len(dataset), cfg.optim.batch_size // cfg.optim.accum, cfg.optim.steps * cfg.optim.accum,
                           cfg.optim.seed, rank, world, start_step=step * cfg.optim.accum)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate(tokenizer),
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PairCollator(tokenizer),
                         num_workers=cfg.data.num_workers, persistent_workers=False, worker_init_fn=_ignore_interrupts)
     bar = progress(total=cfg.optim.steps, initial=step, desc="train", disable=rank != 0)
     model.train()
@@ -485,7 +391,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                     scales = {"itc_scale": model.objective.itc_scale().item(), "kd_scale": model.objective.kd_scale().item()}
                 values = {**terms_sum, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate, **scales}
                 logger.log(step, "train", values)
-                bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{rate:.0f}",
+                                refresh=False)  # a headless bar redraws on its own rare schedule
             last_step = step == cfg.optim.steps
             due = cfg.run.val_every and (step % cfg.run.val_every == 0 or last_step)
             metrics = validate() if rank == 0 and due else None

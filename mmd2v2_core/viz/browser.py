@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.datasets import RetrievalSplit
+from ..data.images import open_rgb
 from ..eval.retrieval import retrieval_ranks
 
 
@@ -80,8 +81,6 @@ class RetrievalBrowser:
 
 
 def _thumbnail(path, size: int = 96) -> bytes:
-    from ..data.images import open_rgb
-
     img = open_rgb(path)
     img.thumbnail((size, size))
     buf = io.BytesIO()

@@ -1,7 +1,9 @@
-"""Training curves of several runs: training loss and validation mean recall against steps."""
+"""Training curves: one panel per run, its loss terms against steps for every seed (and validation recall when
+the run was validated)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -11,33 +13,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..data.index import read_log_lines  # noqa: E402
 
+TERMS = {"loss": "-", "kd": "--", "itc": ":"}  # the objective and the two terms every recipe is built from
 
-def plot_training_curves(runs: dict[str, Path], out: Path) -> Path:
-    """``runs``: label → metrics.jsonl. Left: training loss (log scale: the objectives differ by 20×);
-    right: val mean R@K against steps — or, when each run was validated once, one bar per run."""
-    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.15]})
-    finals = []
-    for label, path in runs.items():
-        rows = read_log_lines(Path(path))
-        train = [r for r in rows if r["kind"] == "train"]
-        val = [r for r in rows if r["kind"] == "val"]
-        line, = loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=".", label=label)
-        finals.append((label, val, line.get_color()))
-    loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss (each run's own objective)")
-    if all(len(val) <= 1 for _, val, _ in finals):
-        shown = [(label, val[-1], color) for label, val, color in finals if val]
-        val_ax.barh(range(len(shown)), [v["mean"] for _, v, _ in shown], color=[c for _, _, c in shown])
-        val_ax.set_yticks(range(len(shown)), [label for label, _, _ in shown], fontsize=7)
-        val_ax.invert_yaxis()
-        step = shown[0][1]["step"] if shown else 0
-        val_ax.set(xlabel="val mean R@1/5/10 (%)", title=f"validation retrieval after step {step}")
-    else:
-        for label, val, color in finals:
-            val_ax.plot([r["step"] for r in val], [r["mean"] for r in val], marker="o", color=color, label=label)
-        val_ax.set(xlabel="step", ylabel="val mean R@1/5/10 (%)", title="validation retrieval")
-        val_ax.legend(fontsize=7)
+
+def plot_training_curves(runs: dict[str, dict[int, Path]], out: Path, columns: int = 3) -> Path:
+    """``runs``: label → {seed: metrics.jsonl}. Per panel: the total loss and its KD and ITC terms (log scale:
+    they differ by 20×), one colour per seed; validation mean R@1/5/10 on a right axis when logged."""
+    rows = math.ceil(len(runs) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.1 * rows), squeeze=False)
+    for ax, (label, seeds) in zip(axes.flat, runs.items()):
+        val_ax = None
+        for i, (seed, path) in enumerate(sorted(seeds.items())):
+            logged = read_log_lines(Path(path))
+            train = [r for r in logged if r["kind"] == "train"]
+            for term, style in TERMS.items():
+                if train and term in train[0]:
+                    ax.plot([r["step"] for r in train], [r[term] for r in train], style, color=f"C{i}",
+                            label=f"{term} (seed {seed})" if i == 0 or term == "loss" else None)
+            val = [r for r in logged if r["kind"] == "val"]
+            if len(val) > 1:
+                val_ax = val_ax or ax.twinx()
+                val_ax.plot([r["step"] for r in val], [r["mean"] for r in val], "o-", color=f"C{i}", alpha=0.5)
+                val_ax.set_ylabel("val mean R@K (%)", fontsize=7)
+        ax.set(yscale="log", xlabel="step", title=label)
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6)
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -128,13 +128,15 @@ def test_sigkill_during_a_papermill_study(tmp_path, cli, seen):
     args = ["study", "--profile", "smoke", "--run-dir", run_dir, "--reports", reports]
     proc = subprocess.Popen([sys.executable, "-m", "mmd2v2_core.cli", *map(str, args)], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    trigger = run_dir / "runs" / "mmd2v2_7_2" / "seed0" / "checkpoints" / "latest"
+    def trigger():  # the 5+2 run's first checkpoint (its folder is named by its config's key)
+        return next((run_dir / "runs" / "mmd2v2_7_2").glob("seed0-*/checkpoints/latest"), None)
+
     deadline = time.monotonic() + 300
-    while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not trigger() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert trigger.exists(), "the study ended or stalled before the kill"
+    assert trigger(), "the study ended or stalled before the kill"
     seen("killed runner and kernel while 02_distillation_pretraining trained mmd2v2_7_2")
     done = sorted(p.stem for p in (run_dir / "done").glob("*.json"))
     assert done == ["00_data_prep", "01_teacher_targets"]
