@@ -21,7 +21,7 @@ setup: $(STAMP)
 # Reinstall when the dependency list changes; the stamp makes a rerun instant.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --editable ".[notebooks,offline,dev]"
+	$(BIN)/python -m pip install --quiet --quiet --editable ".[notebooks,offline,dev]"  # errors only
 	touch $(STAMP)
 
 clean:

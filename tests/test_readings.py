@@ -4,7 +4,7 @@ import pytest
 
 from mmd2v2_core.config import load_config
 from mmd2v2_core.report.recipes import describe
-from mmd2v2_core.report.sections import ablation_reading, table1_reading, training_reading
+from mmd2v2_core.report.sections import ablation_reading, embedding_reading, table1_reading, training_reading
 
 TABLE1 = ("mmd2v2_6_weak", "mmd2v2_6", "smke")
 
@@ -34,13 +34,15 @@ def test_table1_reading_names_the_leader_and_follows_the_verdicts():
     assert "Strong vs weak teacher (MM-D2V2 5+1), synth-coco: +0.00 points" in text and "within noise" in text
     assert "S-SMKE vs MM-D2V2 5+1, synth-coco: -5.00 points" in text and "contradicted" in text
     assert table1_reading(_of({}), TABLE1) == "Reading: no run has been scored yet."
+    below = table1_reading(_of(_results({"cca": [50], "mmd2v2_6": [20], "smke": [30]})), TABLE1)
+    assert "no trained row is above the CCA baseline." in below
 
 
 def test_ablation_reading_verdict_changes_with_the_seed_spread():
     pair = [("mmd2v2_6", "mmd2v2_6_shared")]
     clear = ablation_reading(_of(_results({"mmd2v2_6": [50, 51, 52], "mmd2v2_6_shared": [40, 41, 42]})), pair)
     noisy = ablation_reading(_of(_results({"mmd2v2_6": [45, 51, 57], "mmd2v2_6_shared": [40, 41, 42]})), pair)
-    assert "+10.00 points" in clear and "reproduced" in clear
+    assert "+10.00 points" in clear and "the first higher, beyond the seed range" in clear
     assert "+10.00 points" in noisy and "larger seed range 12.00" in noisy and "within noise" in noisy
 
 
@@ -64,3 +66,12 @@ def test_recipe_is_read_off_the_resolved_config():
     assert smke["loss"] == "3 × contrastive distillation + bank 4,096 + 1 × ITC"
     assert smke["steps × batch"] == "500 × 64" and smke["target"] == "pooled, raw, 64 px"
     assert smke["attention"] == "shared"
+
+
+def test_embedding_reading_follows_the_statistics():
+    stats = {"matched_cosine": 0.87, "unmatched_cosine": 0.01, "same_attribute_cosine": 0.18,
+             "nearest_caption_same_attribute": 1.0, "attribute_chance": 0.24, "modality_gap": 0.5}
+    text = embedding_reading(stats, 300)
+    assert "score far lower but above a random pair (0.18)" in text and "well above chance" in text
+    text = embedding_reading({**stats, "same_attribute_cosine": 0.6, "nearest_caption_same_attribute": 0.3}, 300)
+    assert "score almost as high (0.60)" in text and "not what organises" in text
