@@ -34,3 +34,13 @@ def test_report_tables_command(tmp_path, capsys):
     assert main(["report", "tables", "--results", str(result), "--out", str(tmp_path / "t")]) == 0
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(
         f"{t}.{e}" for t in ("table1", "table2", "table1_synthetic") for e in ("md", "tex", "csv"))
+
+
+def test_study_profiles_are_listed_and_an_unknown_one_refused(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--help"])
+    assert exit_info.value.code == 0 and "{smoke,embedded}" in capsys.readouterr().out
+    assert main(["study", "--profile", "huge"]) == 2
+    assert "invalid choice: 'huge' (choose from 'smoke', 'embedded')" in capsys.readouterr().err

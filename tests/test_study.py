@@ -112,6 +112,17 @@ def test_changing_one_runs_recipe_retrains_only_that_run(smoke_study):
     assert before.results("smke") and after.results("smke") == result
 
 
+def test_curves_of_a_run_that_has_not_trained_are_refused(smoke_study, tmp_path):
+    from mmd2v2_core.errors import DataError
+    from mmd2v2_core.report.sections import training_curves
+    from mmd2v2_core.study import Study
+
+    root, _ = smoke_study
+    untrained = Study("smoke", root / "run", run_overrides={"smke": ["optim.steps=7"]})
+    with pytest.raises(DataError, match="no training log yet: .*smke/seed0-"):
+        training_curves(untrained, ("mmd2v2_6", "smke"), tmp_path, "curves")
+
+
 def test_rerun_continues_and_only_or_from_rerun_parts(smoke_study, capsys):
     root, args = smoke_study
     capsys.readouterr()

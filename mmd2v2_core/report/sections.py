@@ -12,6 +12,7 @@ import torch
 
 from ..data.datasets import RetrievalSplit
 from ..data.index import load_manifest, read_split
+from ..errors import DataError
 from ..eval.embed import embed_split, student_inputs
 from ..eval.zeroshot import attribute_zero_shot
 from ..student.presets import preset_from_config
@@ -138,6 +139,9 @@ def recipes(study: Study, runs: tuple[str, ...]) -> str:
 def training_curves(study: Study, runs: tuple[str, ...], reports_dir: Path, name: str) -> str:
     """Every run's loss terms against steps, all seeds (``reports/figures/<name>.png``)."""
     curves = {LABELS[r]: {s: study.run_out(r, s) / "metrics.jsonl" for s in study.profile.seeds} for r in runs}
+    missing = [str(path) for seeds in curves.values() for path in seeds.values() if not path.is_file()]
+    if missing:  # an empty panel would read as a run that did not learn
+        raise DataError(f"no training log yet: {', '.join(missing)} (train the run before plotting its curves)")
     figure = plot_training_curves(curves, reports_dir / "figures" / f"{name}.png")
     return f"![training curves]({_rel(figure, reports_dir)})"
 
