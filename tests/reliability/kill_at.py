@@ -52,6 +52,8 @@ def _patch(target: str, nth: int, mode: str) -> None:
 if __name__ == "__main__":
     target, nth, mode, sep, *args = sys.argv[1:]
     assert sep == "--", "usage: kill_at.py MODULE:ATTR N MODE -- ARGS"
+    # as in a terminal: a test suite started in the background inherits SIGINT ignored, and Python keeps it so
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _patch(target, int(nth), mode)
     from mmd2v2_core.cli import main
 
