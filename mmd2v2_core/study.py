@@ -132,6 +132,7 @@ class Study:
         if unknown:
             raise ConfigError(f"run_overrides: unknown run {unknown[0]!r}; the study's runs: {', '.join(RUNS)}")
         self.log = log
+        self._run_outs: dict[tuple[str, int], Path] = {}  # resolving a config reads the dataset manifest
 
     # -------------------------------------------------------------- paths
     def data(self, domain: str) -> Path:
@@ -165,7 +166,10 @@ class Study:
                                                        f"run.checkpoint_every={max(1, cfg.optim.steps // 2)}"])
 
     def run_out(self, run_name: str, seed: int) -> Path:
-        return Path(self.config(run_name, seed).run.out_dir)
+        """The run's folder (resolved once per study: result lookups ask for it per seed and test set)."""
+        if (run_name, seed) not in self._run_outs:
+            self._run_outs[run_name, seed] = Path(self.config(run_name, seed).run.out_dir)
+        return self._run_outs[run_name, seed]
 
     def result_path(self, run_name: str, seed: int, dataset: str) -> Path:
         """``results/<run>/<its run folder's name>-<dataset>.json``; the unaligned towers are keyed by the 5+1
