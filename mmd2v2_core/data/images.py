@@ -85,6 +85,11 @@ def _check_size(img: Image.Image, label: str) -> None:
     w, h = img.size
     if w == 0 or h == 0:
         raise DataError(f"{label}: image has zero size ({w}×{h})")
+    # checked here, not only through the warning filter: catch_warnings is not thread-safe, and images are
+    # checked in a thread pool, where another thread's exit can restore the filters mid-check
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        raise DataError(f"{label}: image too large ({w * h} pixels, over the decompression-bomb limit of "
+                        f"{Image.MAX_IMAGE_PIXELS})")
 
 
 VERIFY_MODES = ("decode", "header", "exists")
