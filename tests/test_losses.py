@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 from datetime import timedelta
 
 import pytest
@@ -365,9 +366,13 @@ def _ddp_worker(rank: int, out_dir: str) -> None:
         out["gathered_grad"] = gather_with_grad(local["image"]).detach()
         out["gathered_no_grad"] = gather_no_grad(local["targets"])
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()      # gloo aborts (1 run in ~15) when one rank tears down while the other still talks
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Rank 0 hosts the TCP store; its C++ destructors at interpreter exit abort now and then ("terminate called
+    # without an active exception": 2 of 100 runs, 0 of 80 with this exit). The results are saved by now.
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
