@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROFILE ?= embedded
+DATA ?=
 
 .PHONY: study test reliability setup clean
 
-study: setup  ## run the whole study (embedded profile) and regenerate reports/
-	$(BIN)/mmd2v2 study --profile $(PROFILE)
+study: setup  ## run the whole study (PROFILE=embedded; PROFILE=real DATA=<prepared indexes>) and regenerate reports/
+	$(BIN)/mmd2v2 study --profile $(PROFILE) $(if $(DATA),--data $(DATA))
 
 test: setup  ## run the test suite
 	$(BIN)/python -m pytest

@@ -175,12 +175,24 @@ def _report_tables(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from .runner import run_study
+    from .runner import check_inputs, run_study
 
     check_output(args.reports, "--reports")
     if args.run_dir:
         check_output(args.run_dir, "--run-dir")
-    report = run_study(args.profile, args.run_dir, args.reports, args.only, args.start, args.params, args.notebooks)
+    nproc = args.nproc_per_node or max(1, _cuda_count())
+    if args.plan:
+        from .plan import plan_markdown, time_plan
+        from .study import Study
+
+        study = Study(args.profile, args.run_dir or f"runs/study-{args.profile}", args.params, data_dir=args.data,
+                      nproc_per_node=nproc)
+        check_inputs(study)
+        print(plan_markdown(time_plan(study, args.warmup_steps, nproc), study.device))
+        print(f"plan: {study.plan(nproc, args.warmup_steps)}")
+        return
+    report = run_study(args.profile, args.run_dir, args.reports, args.only, args.start, args.params, args.notebooks,
+                       data_dir=args.data, nproc_per_node=nproc)
     print(f"report: {report}")
 
 
@@ -188,6 +200,12 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -330,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
                        help="training override for every run, e.g. -p optim.steps=300 (repeatable)")
     study.add_argument("--notebooks", type=Path, default=Path("notebooks"))
+    study.add_argument("--data", type=Path, default=None,
+                       help="real profile: folder of the prepared indexes coco/ and flickr30k/ (`mmd2v2 data karpathy`)")
+    study.add_argument("--nproc-per-node", type=_at_least(1), default=None,
+                       help="processes per training run; more than 1 launches torchrun (default: the GPU count)")
+    study.add_argument("--plan", action="store_true",
+                       help="write plan/plan.sh (one torchrun line per unfinished run) and the time plan, train nothing")
+    study.add_argument("--warmup-steps", type=_at_least(3), default=5,
+                       help="--plan: steps of each run's measured warm-up")
     study.set_defaults(func=_study)
     return parser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from .data.index import write_text_atomic
 from .errors import ConfigError, KitError
 from .report.builder import assemble
-from .study import NOTEBOOKS, get_profile
+from .study import NOTEBOOKS, Study
 
 
 class StudyFailed(KitError):
@@ -38,13 +38,23 @@ def _selection(done_dir: Path, only: str | None, start: str | None) -> list[str]
     return [n for n in NOTEBOOKS if not (done_dir / f"{n}.json").is_file()]
 
 
+def check_inputs(study: Study) -> None:
+    """Refuse, before anything trains, a study whose data or weights are missing: one line per missing item."""
+    missing = study.preflight() if not study.profile.synthetic else []
+    if missing:
+        raise ConfigError(f"the {study.profile.name} study cannot start; {len(missing)} input(s) missing:\n"
+                          + "\n".join(f"  {line}" for line in missing))
+
+
 def run_study(profile: str = "embedded", run_dir: str | Path | None = None, reports_dir: str | Path = "reports",
               only: str | None = None, start: str | None = None, params: list[str] = (),
-              notebooks_dir: str | Path = "notebooks", log=print) -> Path:
+              notebooks_dir: str | Path = "notebooks", log=print, data_dir: str | Path | None = None,
+              nproc_per_node: int = 1) -> Path:
     import papermill as pm
 
-    get_profile(profile)
     run_dir = Path(run_dir or f"runs/study-{profile}").resolve()
+    data_dir = Path(data_dir).resolve() if data_dir else None
+    check_inputs(Study(profile, run_dir, list(params), data_dir=data_dir, nproc_per_node=nproc_per_node))
     reports_dir, notebooks_dir = Path(reports_dir).resolve(), Path(notebooks_dir).resolve()
     if not notebooks_dir.is_dir():
         raise ConfigError(f"{notebooks_dir}: notebooks folder not found (run from the repository root or pass --notebooks)")
@@ -53,7 +63,8 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
     executed = reports_dir / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MMD2V2_PROGRESS", "plain")  # papermill shows a notebook's bars as log lines
-    parameters = {"profile": profile, "run_dir": str(run_dir), "reports_dir": str(reports_dir), "overrides": list(params)}
+    parameters = {"profile": profile, "run_dir": str(run_dir), "reports_dir": str(reports_dir), "overrides": list(params),
+                  "data_dir": str(data_dir) if data_dir else None, "nproc_per_node": nproc_per_node}
     for name in _selection(done_dir, only, start):
         source, target = notebooks_dir / f"{name}.ipynb", executed / f"{name}.ipynb"
         log(f"[study] {name} …")

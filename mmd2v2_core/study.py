@@ -12,23 +12,22 @@ so a rerun continues where the last one stopped::
 ``<key>`` is a short hash of the run's resolved training config (what it learns from, not where it writes): change
 one setting of one run (``run_overrides``) and that run alone trains and is scored again; the others are reused.
 
-Runs (``RUNS``) and the rows they feed:
-
-* Table 1 — the student before distillation (its towers never aligned: the seed's "Data2Vec2" row),
-  MM-D2V2 with the 5+1, 5+2 and 6+1 layouts (KD = MSE on the teacher target, the seed's loss), and the
-  successor S-SMKE (ITC + contrastive distillation; + teacher memory bank where the profile has one);
-* teacher ablation on the S-SMKE recipe (as the thesis): pretrained teacher, random-init teacher of the
-  same architecture, no teacher (ITC only);
-* attention ablation on the MM-D2V2 recipe: separate vs shared self-attention, and the three layouts.
+Which runs a study makes and which table each feeds is its profile's (``profiles.py``; the runs' recipes are in
+``runs.py``). The synthetic profiles generate their data and precompute teacher targets; the real profile reads
+prepared COCO / Flickr30K indexes (``mmd2v2 data karpathy``), runs its teachers on each batch as the thesis did, checks
+every data folder and weight file before anything trains (``preflight``), and can write each run's command for a
+cluster (``plan``: torchrun lines) whose finished runs a later study picks up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,14 +35,16 @@ import torch
 from data_prep.synth import generate
 from data_prep.synth.transfer import generate_transfer_sets
 
-from .config import TrainConfig, load_config, to_dict
+from .config import TrainConfig, load_config, to_dict, to_yaml
 from .data.datasets import RetrievalSplit
-from .data.index import load_manifest, read_log_lines, write_text_atomic
-from .errors import ConfigError
+from .data.index import read_log_lines, write_text_atomic
+from .errors import ConfigError, KitError
 from .eval.baseline import fit_cca
 from .eval.embed import evaluate_retrieval, student_inputs
 from .eval.transfer import transfer_decomposition
 from .paths import from_root
+from .plan import write_plan
+from .preflight import check_data, missing_inputs
 from .profiles import get_profile
 from .student.frontend_cache import CachedFrontEnd
 from .student.presets import student_from_config
@@ -55,38 +56,6 @@ from .train.loop import train
 
 NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
              "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser")
-TEST_SETS = ("synth-coco", "synth-flickr")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    name: str
-    label: str
-    overrides: tuple[str, ...]
-    teacher: str  # which target cache: "pretrained" | "random" | "none"
-
-
-# S-SMKE: ITC + contrastive distillation (+ memory bank) on the raw (unwhitened) teacher feature through its KD head;
-# the distillation term weighs 3× the ITC term (the embedded measurement: 3× beat 1× and 10×).
-_SMKE = ("student.preset=smke", "loss.kd=cdl", "loss.kd_weight=3.0", "loss.itc_weight=1.0", "teacher.whiten=false")
-RUNS = {r.name: r for r in [
-    RunSpec("mmd2v2_6", "MM-D2V2 5+1, strong teacher (KD only)", (), "pretrained"),
-    RunSpec("mmd2v2_6_weak", "MM-D2V2 5+1, weak teacher (random-init, KD only)", ("teacher.tiny=true",), "random"),
-    RunSpec("mmd2v2_7_2", "MM-D2V2 7_2 (5+2)", ("student.preset=mmd2v2_7_2",), "pretrained"),
-    RunSpec("mmd2v2_7", "MM-D2V2 7 (6+1)", ("student.preset=mmd2v2_7",), "pretrained"),
-    RunSpec("mmd2v2_6_shared", "MM-D2V2 5+1, shared attention", ("student.attention=shared",), "pretrained"),
-    RunSpec("smke", "S-SMKE (ITC + contrastive distillation)", _SMKE, "pretrained"),
-    RunSpec("smke_random_teacher", "S-SMKE, random-init teacher", (*_SMKE, "teacher.tiny=true"), "random"),
-    RunSpec("smke_no_teacher", "S-SMKE without teacher (ITC only)",
-            ("student.preset=smke", "loss.kd=none", "loss.itc_weight=1.0", "teacher.name=none"), "none"),
-    RunSpec("smke_no_views", "S-SMKE without rendering views", (*_SMKE, "data.rendering_views=0"), "pretrained"),
-]}
-TABLE1 = ("mmd2v2_6_weak", "mmd2v2_6", "mmd2v2_7_2", "mmd2v2_7", "smke")
-TEACHER_ABLATION = ("smke", "smke_random_teacher", "smke_no_teacher")
-ATTENTION_ABLATION = ("mmd2v2_6", "mmd2v2_6_shared", "mmd2v2_7_2", "mmd2v2_7")
-TRANSFER_ABLATION = ("smke", "smke_no_views")
-LABELS = {**{name: run.label for name, run in RUNS.items()}, "unaligned": "Unaligned towers (step 0)",
-          "cca": "Trivial baseline: 16×16 thumbnails + bag of words, CCA"}
 
 
 # What decides where a run writes or how fast it goes, not what it learns: left out of its key.
@@ -94,16 +63,16 @@ _NOT_IN_KEY = ("run", "data.num_workers")
 _PATHS = ("data.root", "teacher.cache", "student.frontend_cache")
 
 
-def run_key(cfg: TrainConfig, study_dir: Path) -> str:
-    """8 hex digits of the resolved config's hash, without the settings in ``_NOT_IN_KEY`` and with the study's own
-    data and caches as paths inside its folder (moving the folder keeps every key)."""
+def run_key(cfg: TrainConfig, *roots: Path) -> str:
+    """8 hex digits of the resolved config's hash, without the settings in ``_NOT_IN_KEY`` and with the study's data
+    and caches as paths inside the folders ``roots`` (moving the study or its data keeps every key)."""
     tree = to_dict(cfg)
     for key in _NOT_IN_KEY + _PATHS:
         section, _, name = key.partition(".")
         value = tree[section].pop(name) if name else tree.pop(section)
         if key in _PATHS and value:
-            tree[section][name] = Path(value).relative_to(study_dir).as_posix() \
-                if Path(value).is_relative_to(study_dir) else value
+            inside = [Path(value).relative_to(r).as_posix() for r in roots if Path(value).is_relative_to(r)]
+            tree[section][name] = inside[0] if inside else value
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -120,50 +89,70 @@ def run_summary(out_dir: str | Path) -> dict:
 
 class Study:
     """One study in one folder. ``overrides`` change every run's config; ``run_overrides`` ({run: [overrides]})
-    one run's. ``log`` receives a line when a run starts and when it ends (training, scoring)."""
+    one run's. ``log`` receives a line when a run starts and when it ends (training, scoring). ``data_dir``: the
+    folder holding the prepared test sets and training data by name (real profile; default ``<run_dir>/data``);
+    ``nproc_per_node`` > 1 launches each training run with torchrun on that many processes."""
 
     def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = (),
-                 run_overrides: dict[str, list[str]] | None = None, log=print):
+                 run_overrides: dict[str, list[str]] | None = None, log=print, data_dir: str | Path | None = None,
+                 nproc_per_node: int = 1):
         self.profile = get_profile(profile)
+        self.runs, self.labels, self.test_sets = self.profile.run, self.profile.labels, self.profile.test_sets
         self.run_dir = from_root(run_dir)  # a relative run_dir means the same folder from notebooks/ as from the root
+        self.data_dir = from_root(data_dir) if data_dir else self.run_dir / "data"
         self.overrides = list(overrides)
         self.run_overrides = {name: list(extra) for name, extra in (run_overrides or {}).items()}
-        unknown = sorted(set(self.run_overrides) - set(RUNS))
+        unknown = sorted(set(self.run_overrides) - set(self.runs))
         if unknown:
-            raise ConfigError(f"run_overrides: unknown run {unknown[0]!r}; the study's runs: {', '.join(RUNS)}")
+            raise ConfigError(f"run_overrides: unknown run {unknown[0]!r}; the study's runs: {', '.join(self.runs)}")
         self.log = log
+        self.nproc_per_node = nproc_per_node
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._run_outs: dict[tuple[str, int], Path] = {}  # resolving a config reads the dataset manifest
 
     # -------------------------------------------------------------- paths
     def data(self, domain: str) -> Path:
-        return self.run_dir / "data" / domain
+        return self.data_dir / domain
 
     def cache(self, teacher: str) -> Path:
         return self.run_dir / "cache" / teacher
 
     @property
-    def frontend_cache(self) -> Path:
-        return self.run_dir / "cache" / "frontend"
+    def frontend_cache(self) -> Path | None:
+        """Cached frozen front-end outputs (synthetic profiles); the real student computes its front end."""
+        return self.run_dir / "cache" / "frontend" if self.profile.synthetic else None
 
     @property
     def transfer_data(self) -> Path:
         return self.run_dir / "data" / "transfer"
 
+    @property
+    def train_data(self) -> Path:
+        return self.data("synth-coco" if self.profile.synthetic else "coco")
+
+    def overrides_of(self, run_name: str, seed: int, extra: list[str] = ()) -> list[str]:
+        run = self.runs[run_name]
+        return [f"optim.seed={seed}", "run.resume=latest",
+                # no validation pass: each run is scored on the test splits right after it ends, and the
+                # untrained level is Table 1's unaligned-towers row
+                "run.val_every=0", "run.val_at_start=false",
+                *((f"student.frontend_cache={self.frontend_cache}",) if self.frontend_cache else ()),
+                *((f"teacher.cache={self.cache(run.teacher)}",) if run.teacher in ("pretrained", "random") else ()),
+                *self.profile.overrides, *run.overrides, *extra, *self.overrides, *self.run_overrides.get(run_name, ())]
+
+    def config_name(self, run_name: str) -> str:
+        return self.runs[run_name].config or self.profile.train_config
+
     def config(self, run_name: str, seed: int, extra: list[str] = ()) -> TrainConfig:
-        """The resolved training config of one run: the profile's YAML, the profile's, the run's and the user's
-        overrides, and the study's paths (its run folder is keyed by the rest)."""
-        run = RUNS[run_name]
-        overrides = [f"data.root={self.data('synth-coco')}", f"optim.seed={seed}", "run.resume=latest",
-                     # no validation pass: each run is scored on the test splits right after it ends, and the
-                     # untrained level is Table 1's unaligned-towers row
-                     "run.val_every=0", "run.val_at_start=false", f"student.frontend_cache={self.frontend_cache}",
-                     *(() if run.teacher == "none" else (f"teacher.cache={self.cache(run.teacher)}",)),
-                     *self.profile.overrides, *run.overrides, *extra, *self.overrides,
-                     *self.run_overrides.get(run_name, ())]
-        cfg = load_config(self.profile.train_config, overrides)
-        out_dir = self.run_dir / "runs" / run_name / f"seed{seed}-{run_key(cfg, self.run_dir)}"
-        return load_config(self.profile.train_config, [*overrides, f"run.out_dir={out_dir}",
-                                                       f"run.checkpoint_every={max(1, cfg.optim.steps // 2)}"])
+        """The resolved training config of one run: the profile's (or the run's) YAML, the profile's, the run's and
+        the user's overrides, and the study's paths (its run folder is keyed by the rest)."""
+        name, overrides = self.config_name(run_name), [f"data.root={self.train_data}", *self.overrides_of(run_name, seed,
+                                                                                                           extra)]
+        cfg = load_config(name, overrides)
+        out_dir = self.run_dir / "runs" / run_name / f"seed{seed}-{run_key(cfg, self.run_dir, self.data_dir)}"
+        # Synthetic runs are minutes long: one mid-run checkpoint. Real runs keep their YAML's (every 2,000 steps).
+        every = (f"run.checkpoint_every={max(1, cfg.optim.steps // 2)}",) if self.profile.synthetic else ()
+        return load_config(name, [*overrides, f"run.out_dir={out_dir}", *every])
 
     def run_out(self, run_name: str, seed: int) -> Path:
         """The run's folder (resolved once per study: result lookups ask for it per seed and test set)."""
@@ -180,18 +169,44 @@ class Study:
             stem = self.run_out(run_name if run_name != "unaligned" else "mmd2v2_6", seed).name
         return self.run_dir / "results" / run_name / f"{stem}-{dataset}.json"
 
+    def final_checkpoint(self, run_name: str, seed: int) -> Path:
+        cfg = self.config(run_name, seed)
+        return checkpoint_root(cfg.run.out_dir) / f"step_{cfg.optim.steps:07d}"
+
+    def trained(self, run_name: str, seed: int) -> bool:
+        return (self.final_checkpoint(run_name, seed) / "model.safetensors").is_file()
+
+    # -------------------------------------------------------------- before anything runs (real profile)
+    def preflight(self) -> list[str]:
+        """Every prepared dataset and weight file the study's runs need that is not here: one line each."""
+        return missing_inputs(self)
+
+    def plan(self, nproc_per_node: int = 1, warmup_steps: int = 0) -> Path:
+        """``<run_dir>/plan/plan.sh``: one torchrun line per training run not finished yet, each with its resolved
+        config beside it; with ``warmup_steps``, the expected hours of each from a measured warm-up."""
+        return write_plan(self, nproc_per_node, warmup_steps)
+
     # -------------------------------------------------------------- stages
     def prepare_data(self) -> dict[str, Path]:
-        # The study's data folder holds only generated, reproducible data: regenerate it when stale.
-        return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
+        """Synthetic profiles: generate the datasets (regenerated when stale: the folder holds only generated,
+        reproducible data). Real: the prepared indexes, refused with what is missing and the command that makes it."""
+        if self.profile.synthetic:
+            return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
+        return check_data(self)
 
     def transfer_sets(self) -> dict[str, Path]:
-        """The zero-shot test scenes in every drawing, captioned in the training phrasing (``data_prep.synth.transfer``)."""
+        """The zero-shot test scenes in every drawing, captioned in the training phrasing (``data_prep.synth.transfer``;
+        synthetic profiles only)."""
+        if not self.profile.synthetic:
+            return {}
         return generate_transfer_sets(self.data("synth-flickr"), self.transfer_data)
 
     def build_caches(self) -> dict[str, dict]:
-        """Targets of the pretrained teacher and of its random-init twin, for the train split."""
+        """Targets of the pretrained teacher and of its random-init twin, for the train split (synthetic profiles;
+        the real profile's teachers run on each batch's own crops, as the thesis ran them)."""
         report = {}
+        if not self.profile.synthetic:
+            return report
         for key, run in (("pretrained", "smke"), ("random", "smke_random_teacher")):
             cfg = self.config(run, 0, ["teacher.cache=null"])  # the cache is what is being made
             teacher = teacher_from_config(cfg.teacher)
@@ -212,7 +227,7 @@ class Study:
         student, _ = student_from_config(cfg)
         source = CachedFrontEnd(student, self.frontend_cache, num_workers=2)
         jobs = [("synth-coco", cfg.data.train_split, v) for v in range(1 + cfg.data.rendering_views)]
-        jobs += [(d, "test", 0) for d in TEST_SETS]
+        jobs += [(d, "test", 0) for d in self.test_sets]
         jobs += [(f"transfer/{name}", "test", 0) for name in self.transfer_sets()]
         report = {}
         for dataset, split, view in jobs:
@@ -223,23 +238,54 @@ class Study:
                 "computed_shards": "-", "seconds": round(time.perf_counter() - start, 1)}
         return report
 
+    def launch_command(self, config_file: Path, nproc_per_node: int, cluster: bool = False) -> list[str]:
+        """torchrun training one resolved config. ``cluster``: node count, rank and rendezvous from the environment
+        (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT; defaults: one node), as a scheduler's script sets them."""
+        if cluster:
+            where = ["--nnodes=${NNODES:-1}", "--node_rank=${NODE_RANK:-0}",
+                     f"--nproc_per_node=${{NPROC_PER_NODE:-{nproc_per_node}}}", "--master_addr=${MASTER_ADDR:-127.0.0.1}",
+                     "--master_port=${MASTER_PORT:-29500}"]
+            return ["torchrun", *where, "-m", "mmd2v2_core.cli", "train", "--config", shlex.quote(str(config_file))]
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+                "-m", "mmd2v2_core.cli", "train", "--config", str(config_file)]
+
+    def write_config(self, run_name: str, seed: int) -> Path:
+        """The run's resolved config as a YAML file under ``plan/`` (what ``mmd2v2 train --config`` reads)."""
+        cfg = self.config(run_name, seed)
+        path = self.run_dir / "plan" / f"{run_name}-{Path(cfg.run.out_dir).name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, to_yaml(cfg))
+        return path
+
     def train(self, run_name: str, seed: int) -> Path:
         """Train (or finish training) one run; returns its final checkpoint."""
-        cfg = self.config(run_name, seed)
-        final = checkpoint_root(cfg.run.out_dir) / f"step_{cfg.optim.steps:07d}"
+        final = self.final_checkpoint(run_name, seed)
         if not (final / "model.safetensors").is_file():
+            cfg = self.config(run_name, seed)
             self.log(f"[run] {run_name} seed {seed} · start · {cfg.optim.steps} steps × {cfg.optim.batch_size} pairs "
-                     f"→ runs/{run_name}/{Path(cfg.run.out_dir).name}")
+                     f"→ runs/{run_name}/{Path(cfg.run.out_dir).name}"
+                     + (f" · torchrun × {self.nproc_per_node}" if self.nproc_per_node > 1 else ""))
             start = time.perf_counter()
-            train(cfg)
+            if self.nproc_per_node > 1:
+                self._torchrun(run_name, seed)
+            else:
+                train(cfg)
             summary = run_summary(cfg.run.out_dir)
             self.log(f"[run] {run_name} seed {seed} · trained in {time.perf_counter() - start:.0f} s · "
                      f"{summary['pairs_per_s']:.0f} pairs/s · loss {summary['first_loss']:.3f} → "
                      f"{summary['final_loss']:.3f}")
         return final
 
+    def _torchrun(self, run_name: str, seed: int) -> None:
+        command = self.launch_command(self.write_config(run_name, seed), self.nproc_per_node)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0 or not self.trained(run_name, seed):
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise KitError(f"run {run_name} seed {seed}: torchrun exited with {done.returncode}: "
+                           f"{' '.join(command)}\n{tail}")
+
     def evaluate(self, run_name: str, seed: int) -> list[dict]:
-        """Test-split retrieval of one trained run on both test sets (cached in results/)."""
+        """Test-split retrieval of one trained run on the profile's test sets (cached in results/)."""
         cached = self._cached(run_name, seed)
         if cached:
             return cached
@@ -257,28 +303,31 @@ class Study:
         return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed)
 
     def evaluate_baseline(self) -> list[dict]:
-        """The trivial non-neural row: thumbnails and bag of words, CCA fitted on synth-coco train."""
+        """The trivial non-neural row: thumbnails and bag of words, CCA fitted on synth-coco train (synthetic
+        profiles; on COCO and Flickr30K the unaligned towers are the floor, as in the thesis)."""
+        if not self.profile.synthetic:
+            return []
         cached = self._cached("cca", 0)
         if cached:
             return cached
         start = time.perf_counter()
-        baseline = fit_cca(RetrievalSplit.from_index(self.data("synth-coco"), "train"))
+        baseline = fit_cca(RetrievalSplit.from_index(self.train_data, "train"))
         fitted = time.perf_counter() - start
         results = []
-        for dataset in TEST_SETS:
+        for dataset in self.test_sets:
             split = RetrievalSplit.from_index(self.data(dataset), "test")
-            result = {"dataset": load_manifest(self.data(dataset))["dataset"], "split": "test",
-                      "images": len(split.records), "captions": len(split.captions), "metrics": baseline.evaluate(split),
+            result = {"dataset": dataset, "split": "test", "images": len(split.records),
+                      "captions": len(split.captions), "metrics": baseline.evaluate(split),
                       "fit_seconds": round(fitted, 1)}
             results.append(self._save(result, "cca", 0))
         return results
 
     def _cached(self, run_name: str, seed: int) -> list[dict]:
-        paths = [self.result_path(run_name, seed, d) for d in TEST_SETS]
+        paths = [self.result_path(run_name, seed, d) for d in self.test_sets]
         return [json.loads(p.read_text()) for p in paths] if all(p.is_file() for p in paths) else []
 
     def _save(self, result: dict, run_name: str, seed: int) -> dict:
-        result.update(row=LABELS[run_name], run=run_name, seed=seed, profile=self.profile.name)
+        result.update(row=self.labels[run_name], run=run_name, seed=seed, profile=self.profile.name)
         path = self.result_path(run_name, seed, result["dataset"])
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(result, indent=2) + "\n")  # a killed run leaves no half file
@@ -286,10 +335,14 @@ class Study:
 
     def _score(self, student, tokenizer_name: str, run_name: str, seed: int) -> list[dict]:
         start = time.perf_counter()
-        images, tokenizer = student_inputs(student, tokenizer_name, self.frontend_cache)
-        results = [self._save(evaluate_retrieval(student, self.data(dataset), "test", images, tokenizer,
-                                                 batch_size=512, precision=self.profile.eval_precision), run_name, seed)
-                   for dataset in TEST_SETS]
+        student = student.to(self.device)
+        images, tokenizer = student_inputs(student, tokenizer_name, self.frontend_cache, self.device)
+        results = []
+        for dataset in self.test_sets:
+            result = evaluate_retrieval(student, self.data(dataset), "test", images, tokenizer, batch_size=512,
+                                        device=self.device, precision=self.profile.eval_precision)
+            result["dataset"] = dataset  # the study's name for the test set (the index's own may differ)
+            results.append(self._save(result, run_name, seed))
         self.log(f"[run] {run_name} seed {seed} · scored in {time.perf_counter() - start:.0f} s · mean recall "
                  + ", ".join(f"{r['dataset']} {r['metrics']['mean']:.1f}" for r in results))
         return results
@@ -312,5 +365,8 @@ class Study:
         return [r for name in runs for seed in self.profile.seeds for r in self.evaluate(name, seed)]
 
     def results(self, run_name: str) -> list[dict]:
-        """The test results of a run (or ``unaligned``, ``cca``) under its current config, for every seed scored."""
+        """The test results of a run (or ``unaligned``, ``cca``) under its current config, for every seed scored;
+        none for a run this profile does not make (a claim about it is then left out)."""
+        if run_name not in self.runs and run_name not in ("unaligned", "cca"):
+            return []
         return [r for seed in self.profile.seeds for r in self._cached(run_name, seed)]

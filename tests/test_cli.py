@@ -41,6 +41,6 @@ def test_study_profiles_are_listed_and_an_unknown_one_refused(capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "--help"])
-    assert exit_info.value.code == 0 and "{smoke,embedded}" in capsys.readouterr().out
+    assert exit_info.value.code == 0 and "{smoke,embedded,real}" in capsys.readouterr().out
     assert main(["study", "--profile", "huge"]) == 2
-    assert "invalid choice: 'huge' (choose from 'smoke', 'embedded')" in capsys.readouterr().err
+    assert "invalid choice: 'huge' (choose from 'smoke', 'embedded', 'real')" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """The notebooks' readings and recipes are computed: fed other results (or another config), they say otherwise."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from mmd2v2_core.config import load_config
+from mmd2v2_core.profiles import PROFILES
 from mmd2v2_core.report.recipes import describe
 from mmd2v2_core.report.sections import ablation_reading, embedding_reading, table1_reading, training_reading
 
@@ -14,8 +17,10 @@ def _results(means: dict[str, list[float]], dataset: str = "synth-coco", images:
                   for i, v in enumerate(values)] for run, values in means.items()}
 
 
-def _of(results: dict) -> callable:
-    return lambda run: results.get(run, [])
+def _of(results: dict, profile: str = "embedded") -> SimpleNamespace:
+    """What the readings read off a ``Study``: per-seed results by run, the run labels and the test sets."""
+    return SimpleNamespace(results=lambda run: results.get(run, []), labels=PROFILES[profile].labels,
+                           test_sets=PROFILES[profile].test_sets)
 
 
 def test_table1_reading_names_the_leader_and_follows_the_verdicts():

@@ -71,18 +71,19 @@ def test_smoke_study_produces_the_report(smoke_study):
 
 
 def test_every_run_shows_its_resolved_recipe_and_curves_and_the_log_has_its_start_and_end(smoke_study):
-    from mmd2v2_core.study import ATTENTION_ABLATION, LABELS, TABLE1, TEACHER_ABLATION, TRANSFER_ABLATION
+    from mmd2v2_core.profiles import PROFILES
 
     root, _ = smoke_study
     shown = {}
-    for name, runs in (("02_distillation_pretraining", TABLE1), ("04_ablation_teacher", TEACHER_ABLATION),
-                       ("05_ablation_attention", ATTENTION_ABLATION + TRANSFER_ABLATION[1:])):
+    smoke = PROFILES["smoke"]
+    for name, runs in (("02_distillation_pretraining", smoke.table1), ("04_ablation_teacher", smoke.teacher_ablation),
+                       ("05_ablation_attention", smoke.attention_ablation + smoke.transfer_ablation[1:])):
         executed = nbformat.read(root / "reports" / "notebooks" / f"{name}.ipynb", as_version=4)
         outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
         assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1, f"{name}: no curves shown"
         for run in runs:
-            row = next(line for line in markdown.splitlines() if line.startswith(f"| {LABELS[run]} |"))
+            row = next(line for line in markdown.splitlines() if line.startswith(f"| {smoke.labels[run]} |"))
             shown[run] = row
     # read off the resolved config: the smoke YAML's 60 steps × 32, the profile's memory bank, the run's own changes
     assert "60 × 32" in shown["smke"] and "3 × contrastive distillation + bank 64 + 1 × ITC" in shown["smke"]
@@ -97,15 +98,17 @@ def test_every_run_shows_its_resolved_recipe_and_curves_and_the_log_has_its_star
 
 
 def test_changing_one_runs_recipe_retrains_only_that_run(smoke_study):
-    from mmd2v2_core.study import RUNS, Study
+    from mmd2v2_core.profiles import PROFILES
+    from mmd2v2_core.study import Study
 
+    runs = PROFILES["smoke"].run
     root, _ = smoke_study
     lines = []
     before, after = Study("smoke", root / "run"), Study("smoke", root / "run", run_overrides={"smke": ["optim.steps=10"]},
                                                           log=lines.append)
-    assert [r for r in RUNS if before.run_out(r, 0) != after.run_out(r, 0)] == ["smke"]
+    assert [r for r in runs if before.run_out(r, 0) != after.run_out(r, 0)] == ["smke"]
     assert after.results("smke") == []  # the new recipe has no results yet; the old ones stay where they were
-    assert all(after.results(r) == before.results(r) for r in RUNS if r != "smke")
+    assert all(after.results(r) == before.results(r) for r in runs if r != "smke")
     result = after.evaluate("smke", 0)
     assert len(lines) == 3 and "10 steps × 32 pairs" in lines[0]
     assert result[0]["metrics"] != before.results("smke")[0]["metrics"]
@@ -180,3 +183,18 @@ def test_relative_study_paths_resolve_from_the_repository_root(tmp_path, monkeyp
     assert from_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute paths are kept
     monkeypatch.chdir(tmp_path)  # no repository above: the working directory
     assert from_root("runs/s") == tmp_path / "runs" / "s"
+
+
+def test_more_than_one_process_per_run_trains_under_torchrun(smoke_study):
+    """``nproc_per_node`` > 1: the study launches the run with torchrun (here 2 CPU processes on gloo)."""
+    from mmd2v2_core.study import Study
+
+    root, _ = smoke_study
+    lines = []
+    study = Study("smoke", root / "run", run_overrides={"smke": ["optim.steps=4"]}, log=lines.append,
+                  nproc_per_node=2)
+    final = study.train("smke", 0)
+    assert (final / "model.safetensors").is_file() and final.name == "step_0000004"
+    assert "torchrun × 2" in lines[0] and "trained in" in lines[1]
+    config = next((root / "run" / "plan").glob("smke-seed0-*.yaml"))
+    assert config.stem.endswith(study.run_out("smke", 0).name)  # the resolved config torchrun trained

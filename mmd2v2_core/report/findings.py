@@ -37,6 +37,12 @@ CLAIMS = (
     Claim("A pretrained teacher beats none (S-SMKE vs ITC only)", "smke", "smke_no_teacher"),
     Claim("Separate attention ≥ shared attention (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_shared", at_least=True),
     Claim("Rendering views help zero-shot transfer (S-SMKE)", "smke", "smke_no_views"),
+    # the real profile's (COCO / Flickr30K) runs; a profile without them leaves these out
+    Claim("A BEiT-v2 teacher beats a D2V2-image one (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_d2v2"),
+    Claim("Self-supervised BEiT-v2 beats its ImageNet-fine-tuned version as teacher (S-SMKE)", "smke",
+          "smke_beitv2_ft"),
+    Claim("BEiT-v2 beats D2V2-image as teacher (S-SMKE)", "smke", "smke_d2v2"),
+    Claim("BEiT-v2 ≥ DINO as teacher (S-SMKE)", "smke", "smke_dino", at_least=True),
 )
 
 

@@ -15,12 +15,13 @@ from ..data.index import load_manifest, read_split
 from ..errors import DataError
 from ..eval.embed import embed_split, student_inputs
 from ..eval.zeroshot import attribute_zero_shot
+from ..plan import plan_markdown, time_plan
 from ..student.presets import preset_from_config
-from ..study import LABELS, TEST_SETS, TRANSFER_ABLATION, Study, run_summary
+from ..study import Study, run_summary
 from ..teachers.cache import TargetCache
 from ..teachers.geometry import ATTRIBUTES, attribute_shares
 from ..teachers.inspect import inspect_teacher
-from ..teachers.registry import teacher_from_config
+from ..teachers.registry import get_spec, teacher_from_config, weights_location
 from ..teachers.whitening import TargetWhitening
 from ..train.checkpoint import load_trained_student
 from ..viz.browser import RetrievalBrowser
@@ -30,8 +31,8 @@ from ..viz.gallery import plot_gallery
 from ..viz.samples import plot_drawings, plot_samples
 from .findings import Claim, check_claims, findings_markdown
 from .recipes import recipe_markdown
-from .tables import (ablation_table, load_references, mean_rows, render_markdown, seed_tables, simple_markdown,
-                     write_tables)
+from .tables import (ablation_table, load_references, mean_rows, quoted_comparison, render_markdown, seed_tables,
+                     simple_markdown, write_tables)
 
 
 def _rel(path: Path, reports_dir: Path) -> str:
@@ -50,22 +51,22 @@ def data_section(study: Study, domains: dict[str, Path], reports_dir: Path,
             lines.append(f"| {domain} | {split} | {len(records):,} | {sum(counts):,} | {min(counts)}–{max(counts)} | "
                          f"{statistics.fmean(map(len, words)):.1f} | {len({w for ws in words for w in ws})} |")
     figure = plot_samples({d: read_split(f, "test")[:4] for d, f in domains.items()},
-                          reports_dir / "figures" / "synthetic_samples.png")
+                          reports_dir / "figures" / ("synthetic_samples.png" if study.profile.synthetic else "samples.png"))
     return "\n".join([*lines, "", f"![samples]({_rel(figure, reports_dir)})"] + _drawings_lines(transfer, reports_dir))
 
 
-def data_reading(domains: dict[str, Path]) -> str:
+def data_reading(domains: dict[str, Path], train: str, zero_shot: str) -> str:
     """How far the zero-shot test set's words are from the training captions'."""
     def vocabulary(domain, split):
         return {w for r in read_split(domains[domain], split) for c in r.captions for w in re.findall(r"[a-z]+", c.lower())}
 
-    train, test = vocabulary("synth-coco", "train"), vocabulary("synth-flickr", "test")
-    unseen = sorted(test - train)
-    return (f"Reading: {len(unseen)} of the {len(test)} distinct words of the `synth-flickr` test captions never occur "
-            f"in `synth-coco` training captions" + (f" (e.g. {', '.join(unseen[:6])})" if unseen else "")
+    seen, test = vocabulary(train, "train"), vocabulary(zero_shot, "test")
+    unseen = sorted(test - seen)
+    return (f"Reading: {len(unseen)} of the {len(test)} distinct words of the `{zero_shot}` test captions never occur "
+            f"in `{train}` training captions" + (f" (e.g. {', '.join(unseen[:6])})" if unseen else "")
             + ": a student can only reach them through the word embeddings it starts from. "
-            + ("So the zero-shot set differs in phrasing as well as in drawing." if unseen else
-               "So the zero-shot set differs in drawing and word order, not in vocabulary."))
+            + ("So the zero-shot set differs in phrasing as well as in images." if unseen else
+               "So the zero-shot set differs in images and word order, not in vocabulary."))
 
 
 def _drawings_lines(transfer: dict[str, Path] | None, reports_dir: Path) -> list[str]:
@@ -80,6 +81,8 @@ def _drawings_lines(transfer: dict[str, Path] | None, reports_dir: Path) -> list
 
 
 def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) -> str:
+    if not study.profile.synthetic:
+        return teachers_section(study)
     lines = ["| cache | teacher | items | dim | shards computed now | seconds |", "|---|---|---:|---:|---:|---:|"]
     for key, c in caches.items():
         lines.append(f"| {key} | {c['teacher']} | {c['items']:,} | {c['dim']} | {c['computed_shards']} | {c['seconds']} |")
@@ -94,9 +97,32 @@ def targets_section(study: Study, caches: dict[str, dict], photos: list[str]) ->
     return "\n".join(lines)
 
 
+def teachers_section(study: Study) -> str:
+    """The real profile: each run's teacher, its target and where its weights were found (teachers run online)."""
+    lines = ["Each teacher runs on every training batch's own crops, as in the thesis (no target cache).", "",
+             "| run | teacher | target | weights |", "|---|---|---|---|"]
+    for run in study.runs:
+        t = study.config(run, study.profile.seeds[0]).teacher
+        where = "—" if t.name == "none" else weights_location(get_spec(t.name), t.weights, t.weights_dir)
+        lines.append(f"| {study.labels[run]} | {t.name}{' (tiny)' if t.tiny else ''} | "
+                     f"{'—' if t.name == 'none' else t.target} | {where} |")
+    return "\n".join(lines)
+
+
+def time_plan_section(study: Study, warmup_steps: int = 5) -> str:
+    """Real profile: what each run will cost on this machine, from a measured warm-up of its own config."""
+    if study.profile.synthetic:
+        return ""
+    rows = time_plan(study, warmup_steps, study.nproc_per_node)
+    return "\n".join([f"Time plan: each run's expected hours from {warmup_steps} warm-up steps of its own config on "
+                      f"{study.device} (the first step, start-up, left out; {study.nproc_per_node} process(es) per run "
+                      "assumed to scale linearly). `mmd2v2 study --profile real --plan` writes the same runs as "
+                      "torchrun lines for a cluster.", "", plan_markdown(rows, study.device)])
+
+
 def target_geometry_lines(study: Study) -> list[str]:
     """Per candidate target (teacher × raw or whitened), the share of its variance each scene attribute explains."""
-    records = RetrievalSplit.from_index(study.data("synth-coco"), "train").records
+    records = RetrievalSplit.from_index(study.train_data, "train").records
     if not records or "scene" not in records[0].extra:
         return []
     width = preset_from_config(study.config("mmd2v2_6", 0).student).config.width
@@ -129,16 +155,16 @@ def target_geometry_lines(study: Study) -> list[str]:
 def recipes(study: Study, runs: tuple[str, ...]) -> str:
     """Each run's recipe, read off the resolved config it trains with (seed 0's; seeds differ only in the seed)."""
     seeds = study.profile.seeds
-    return "\n".join([f"{len(runs)} run(s) × {len(seeds)} seed(s) ({study.profile.layout_note}): "
-                      f"`configs/{study.profile.train_config}.yaml`"
+    yamls = ", ".join(f"`configs/{name}.yaml`" for name in dict.fromkeys(study.config_name(r) for r in runs))
+    return "\n".join([f"{len(runs)} run(s) × {len(seeds)} seed(s) ({study.profile.layout_note}): {yamls}"
                       + (f" with `{' '.join(study.profile.overrides)}`" if study.profile.overrides else "")
                       + ", then each run's own overrides. Resolved:", "",
-                      recipe_markdown({LABELS[r]: study.config(r, seeds[0]) for r in runs})])
+                      recipe_markdown({study.labels[r]: study.config(r, seeds[0]) for r in runs})])
 
 
 def training_curves(study: Study, runs: tuple[str, ...], reports_dir: Path, name: str) -> str:
     """Every run's loss terms against steps, all seeds (``reports/figures/<name>.png``)."""
-    curves = {LABELS[r]: {s: study.run_out(r, s) / "metrics.jsonl" for s in study.profile.seeds} for r in runs}
+    curves = {study.labels[r]: {s: study.run_out(r, s) / "metrics.jsonl" for s in study.profile.seeds} for r in runs}
     missing = [str(path) for seeds in curves.values() for path in seeds.values() if not path.is_file()]
     if missing:  # an empty panel would read as a run that did not learn
         raise DataError(f"no training log yet: {', '.join(missing)} (train the run before plotting its curves)")
@@ -148,7 +174,7 @@ def training_curves(study: Study, runs: tuple[str, ...], reports_dir: Path, name
 
 def training_summaries(study: Study, runs: tuple[str, ...]) -> dict[str, list[dict]]:
     """label → per-seed ``run_summary`` (steps, first and final loss, pairs/s) of the runs that logged."""
-    found = {LABELS[r]: [run_summary(study.run_out(r, s)) for s in study.profile.seeds] for r in runs}
+    found = {study.labels[r]: [run_summary(study.run_out(r, s)) for s in study.profile.seeds] for r in runs}
     return {label: [s for s in summaries if s] for label, summaries in found.items() if any(summaries)}
 
 
@@ -169,18 +195,32 @@ def training_reading(summaries: dict[str, list[dict]]) -> str:
 
 
 def table1_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> str:
-    """Table 1 on the synthetic test sets (means over seeds) and the quoted reference tables, saved as md/tex/csv."""
-    measured = mean_rows(study.results, ("cca", "unaligned", *runs), TEST_SETS)
+    """Table 1 on the profile's test sets (means over seeds) and the quoted reference tables, saved as md/tex/csv;
+    on COCO and Flickr30K each measured row also stands under the thesis row it reproduces, with the difference."""
+    measured = mean_rows(study.results, ("cca", "unaligned", *runs), study.test_sets)
     tables = seed_tables(load_references(), measured)
+    intro = ["Zero-shot retrieval on the test splits (BEiT-3 / CLIP_benchmark protocol: all captions, an image query "
+             "hits when any of its captions is in its top K). Measured rows are means over the seeds; the per-seed "
+             "results are in the run directory's `results/`.", ""]
+    if study.profile.synthetic:
+        shown = [next(t for t in tables if t.name == "table1_synthetic")]
+    else:
+        quoted = {row["row"]: study.runs[row["run"]].quoted for row in _with_runs(study, measured)
+                  if study.runs.get(row["run"]) and study.runs[row["run"]].quoted}
+        quoted.update({row["row"]: "data2vec2_unaligned" for row in _with_runs(study, measured) if row["run"] == "unaligned"})
+        tables.insert(0, quoted_comparison(load_references(), measured, quoted))
+        shown = tables[:1]
     write_tables(tables, reports_dir / "tables")
-    synthetic = next(t for t in tables if t.name == "table1_synthetic")
-    return "\n".join(["Zero-shot retrieval on the test splits (BEiT-3 / CLIP_benchmark protocol: all captions, an "
-                      "image query hits when any of its captions is in its top K). Measured rows are means over the "
-                      "seeds; the per-seed results are in the run directory's `results/`.", "",
-                      render_markdown(synthetic), "",
+    return "\n".join([*intro, *[render_markdown(t) for t in shown], "",
                       "Reference tables with the published numbers (quoted, with sources in "
                       "`mmd2v2_core/report/references.yaml`; also as `.tex` and `.csv` in `reports/tables/`):", "",
-                      *[render_markdown(t) for t in tables if t.name != "table1_synthetic"]])
+                      *[render_markdown(t) for t in tables if t not in shown]])
+
+
+def _with_runs(study: Study, measured: list[dict]) -> list[dict]:
+    """``mean_rows`` rows with the run each came from (matched by label)."""
+    by_label = {label: run for run, label in study.labels.items()}
+    return [{**row, "run": by_label.get(row["row"].split(" — mean of")[0])} for row in measured]
 
 
 def _mean(results: list[dict], dataset: str, key: str = "mean") -> float | None:
@@ -188,31 +228,40 @@ def _mean(results: list[dict], dataset: str, key: str = "mean") -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def table1_reading(results_of, runs: tuple[str, ...]) -> str:
-    """Which row leads on each test set, against the CCA baseline and the unaligned towers, and the seed's two
-    headline comparisons with computed verdicts. ``results_of(run) -> per-seed results`` (as ``Study.results``)."""
+# Table 1's headline comparisons; a claim whose runs the profile does not make is left out.
+TABLE1_CLAIMS = (Claim("Strong vs weak teacher (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_weak"),
+                 Claim("BEiT-v2 vs D2V2-image teacher (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_d2v2"),
+                 Claim("S-SMKE vs MM-D2V2 5+1", "smke", "mmd2v2_6"))
+
+
+def table1_reading(study, runs: tuple[str, ...]) -> str:
+    """Which row leads on each test set, against the CCA baseline (synthetic) and the unaligned towers, and the
+    headline comparisons with computed verdicts. ``study``: anything with ``results(run)``, ``labels`` and
+    ``test_sets`` (a ``Study``)."""
     lines = []
-    for dataset in TEST_SETS:
-        scored = {r: _mean(results_of(r), dataset) for r in runs}
+    for dataset in study.test_sets:
+        scored = {r: _mean(study.results(r), dataset) for r in runs}
         scored = {r: v for r, v in scored.items() if v is not None}
         if not scored:
             continue
         best = max(scored, key=scored.get)
-        floor = {k: _mean(results_of(k), dataset) for k in ("cca", "unaligned")}
+        floor = {k: _mean(study.results(k), dataset) for k in ("cca", "unaligned")}
         against = "; ".join(f"{name} {floor[k]:.1f}" for k, name in (("cca", "CCA baseline"),
                                                                      ("unaligned", "unaligned towers"))
                             if floor[k] is not None)
-        below = [LABELS[r] for r, v in scored.items() if floor["cca"] is not None and v <= floor["cca"]]
-        verdict = ("every trained row is above the CCA baseline." if not below else
-                   "no trained row is above the CCA baseline." if len(below) == len(scored) else
-                   f"not above the CCA baseline: {', '.join(below)}.")
-        lines.append(f"- {dataset}: {LABELS[best]} leads with a mean recall of {scored[best]:.1f} ({against}); {verdict}")
-    lines += comparison_lines(results_of, (Claim("Strong vs weak teacher (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_weak"),
-                                           Claim("S-SMKE vs MM-D2V2 5+1", "smke", "mmd2v2_6")))
+        verdict = ""
+        if floor["cca"] is not None:
+            below = [study.labels[r] for r, v in scored.items() if v <= floor["cca"]]
+            verdict = ("; every trained row is above the CCA baseline." if not below else
+                       "; no trained row is above the CCA baseline." if len(below) == len(scored) else
+                       f"; not above the CCA baseline: {', '.join(below)}.")
+        lines.append(f"- {dataset}: {study.labels[best]} leads with a mean recall of {scored[best]:.1f}"
+                     + (f" ({against})" if against else "") + (verdict or "."))
+    lines += comparison_lines(study, TABLE1_CLAIMS)
     return "Reading:\n\n" + "\n".join(lines) if lines else "Reading: no run has been scored yet."
 
 
-def comparison_lines(results_of, claims, datasets: tuple[str, ...] = TEST_SETS, claimed: bool = True) -> list[str]:
+def comparison_lines(study, claims, claimed: bool = True) -> list[str]:
     """One line per claim and test set: the difference of mean recall, the seed spread, the computed verdict
     (``claimed``: of the seed's claim — reproduced / contradicted; else which run is higher, or within noise)."""
     def said(r):
@@ -221,10 +270,13 @@ def comparison_lines(results_of, claims, datasets: tuple[str, ...] = TEST_SETS, 
         return "the first higher, beyond the seed range" if r["diff"] > 0 else "the second higher, beyond the seed range"
 
     return [f"- {r['claim']}, {r['dataset']}: {r['diff']:+.2f} points of mean recall ({r['a']:.1f} vs {r['b']:.1f}; "
-            f"larger seed range {r['spread']:.2f}) — {said(r)}." for r in check_claims(results_of, datasets, claims)]
+            f"larger seed range {r['spread']:.2f}) — {said(r)}." for r in check_claims(study.results, study.test_sets,
+                                                                                       claims)]
 
 
 def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
+    if not study.profile.synthetic:  # needs each test image's scene; real photos have none
+        return ""
     lines = ["### Zero-shot attribute classification", "",
              "Single-object `synth-coco` test images, prompts per attribute value averaged into class prototypes "
              "(CLIP-style); seed 0 of each run.", "",
@@ -234,7 +286,7 @@ def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
         student, cfg = load_trained_student(study.train(name, study.profile.seeds[0]))
         result = attribute_zero_shot(student, study.data("synth-coco"), "test",
                                      *student_inputs(student, cfg.data.tokenizer, study.frontend_cache))
-        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{result[a]['accuracy']:.1f}" for a in
+        lines.append(f"| {study.labels[name]} | " + " | ".join(f"{result[a]['accuracy']:.1f}" for a in
                                                              ("shape", "color", "size", "position")) + " |")
         chance_row = result
     if chance_row:
@@ -247,33 +299,47 @@ def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
 
 def ablation_section(study: Study, reports_dir: Path, name: str, title: str, runs: tuple[str, ...]) -> str:
     """The ablation's table (mean ± spread over seeds), saved as md/tex/csv."""
-    table = ablation_table(study.results, name, runs, title, LABELS)
+    table = ablation_table(study.results, name, runs, title, study.labels, study.test_sets)
     write_tables([table], reports_dir / "tables")
     return "\n".join([simple_markdown(table), f"Also as `.tex` and `.csv`: `tables/{name}.*`."])
 
 
-def ablation_reading(results_of, comparisons: list[tuple[str, str]]) -> str:
-    """Each comparison (a, b) on both test sets, with the verdict computed from the seed spread."""
-    lines = comparison_lines(results_of, [Claim(f"{LABELS[a]} vs {LABELS[b]}", a, b) for a, b in comparisons],
+def ablation_reading(study, comparisons: list[tuple[str, str]]) -> str:
+    """Each comparison (a, b) on every test set, with the verdict computed from the seed spread."""
+    lines = comparison_lines(study, [Claim(f"{study.labels[a]} vs {study.labels[b]}", a, b) for a, b in comparisons],
                              claimed=False)
     return "Reading:\n\n" + "\n".join(lines) if lines else "Reading: the compared runs have not been scored yet."
 
 
+# Real photos carry no scene labels: the map is coloured by whether any caption of the image mentions people
+# (COCO's most frequent category), a split a student that has learned content should show.
+PEOPLE_WORDS = {"man", "men", "woman", "women", "person", "people", "boy", "boys", "girl", "girls", "child",
+                "children", "kid", "kids", "player", "players", "guy", "lady", "skier", "surfer", "skateboarder"}
+
+
+def _map_attribute(study: Study, records) -> tuple[str, list[str]]:
+    if study.profile.synthetic:
+        return "background", [r.extra["scene"]["background"] for r in records]
+    return "people in the captions", ["people" if PEOPLE_WORDS & {w for c in r.captions for w in re.findall(
+        r"[a-z]+", c.lower())} else "no people" for r in records]
+
+
 def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
-    """The embedding map and the retrieval gallery of one run; returns (markdown, browser)."""
+    """The embedding map and the retrieval gallery of one run on the first test set; returns (markdown, browser)."""
     student, cfg = load_trained_student(study.train(run, study.profile.seeds[0]))
     images, tokenizer = student_inputs(student, cfg.data.tokenizer, study.frontend_cache)
-    split = RetrievalSplit.from_index(study.data("synth-coco"), "test")
+    test_set = study.test_sets[0]
+    split = RetrievalSplit.from_index(study.data(test_set), "test")
     n = min(n, len(split.records))
     emb = embed_split(student, split, images, tokenizer, batch_size=512, precision=study.profile.eval_precision)
     first_caption = torch.tensor([int((emb.text_to_image == i).nonzero()[0]) for i in range(n)])
-    backgrounds = [r.extra["scene"]["background"] for r in split.records[:n]]
+    name, attribute = _map_attribute(study, split.records[:n])
     figure = reports_dir / "figures" / "embeddings_tsne.png"
-    stats = embedding_map(emb.image[:n], emb.text[first_caption], backgrounds, "background", figure)
+    stats = embedding_map(emb.image[:n], emb.text[first_caption], attribute, name, figure)
     browser = RetrievalBrowser(split, emb.image, emb.text, lambda texts: student.encode_text(**tokenizer(texts)))
     gallery = plot_gallery(browser, reports_dir / "figures" / "retrieval_gallery.png")
-    reading = embedding_reading(stats, n)
-    text = "\n".join([f"t-SNE of {n} `synth-coco` test images and one caption of each, from {LABELS[run]} "
+    reading = embedding_reading(stats, n, name)
+    text = "\n".join([f"t-SNE of {n} `{test_set}` test images and one caption of each, from {study.labels[run]} "
                       f"(seed {study.profile.seeds[0]}).", "", f"![embeddings]({_rel(figure, reports_dir)})", "",
                       reading, "", "Retrieval successes (green: the true image is first) and failures, "
                       "caption → top-3 images:", "", f"![gallery]({_rel(gallery, reports_dir)})", "",
@@ -284,20 +350,20 @@ def embeddings_section(study: Study, run: str, reports_dir: Path, n: int = 300):
     return text, browser
 
 
-def embedding_reading(stats: dict, n: int) -> str:
+def embedding_reading(stats: dict, n: int, attribute: str = "background") -> str:
     """What the embedding statistics (``viz.embeddings.embedding_map``) say about the student's space."""
     matched, same, other = stats["matched_cosine"], stats["same_attribute_cosine"], stats["unmatched_cosine"]
     nearest, chance = stats["nearest_caption_same_attribute"], stats["attribute_chance"]
     closeness = ("almost as high" if same > 0.5 * matched else
                  "far lower but above a random pair" if same > other + 0.05 else "no higher than a random pair")
-    learned = ("so the student's space is organised by background well above chance, and a caption that misses "
-               "its image mostly lands on one of the same background." if nearest > 2 * chance else
-               "so the background is not what organises the student's space.")
+    learned = (f"so the student's space is organised by {attribute} well above chance, and a caption that misses "
+               "its image mostly lands on one with the same value." if nearest > min(2 * chance, (1 + chance) / 2) else
+               f"so {attribute} is not what organises the student's space.")
     return (f"Reading: a caption is far closer to its own image than to a random other one (cosine {matched:.2f} vs "
-            f"{other:.2f}); images with the same background score {closeness} ({same:.2f}). An image's nearest caption "
-            f"among the {n} shares its background {nearest:.0%} of the time (most common background: {chance:.0%}), "
-            f"{learned} The two modalities' point clouds are offset by {stats['modality_gap']:.2f} standard "
-            "deviations of the map.")
+            f"{other:.2f}); images with the same {attribute} score {closeness} ({same:.2f}). An image's nearest "
+            f"caption among the {n} shares its {attribute} {nearest:.0%} of the time (most common value: "
+            f"{chance:.0%}), {learned} The two modalities' point clouds are offset by {stats['modality_gap']:.2f} "
+            "standard deviations of the map.")
 
 
 def _seed_mean(decompositions: list[dict], get) -> float:
@@ -311,7 +377,7 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
     first = found[runs[0]]
     drawings = list(first[0]["recall"])
     n = first[0]["images"]
-    header = " | ".join(f"{LABELS[r].split(' (')[0]} · {p} phrasing" for r in runs for p in ("test", "training"))
+    header = " | ".join(f"{study.labels[r].split(' (')[0]} · {p} phrasing" for r in runs for p in ("test", "training"))
     lines = [f"Where the transfer is lost: the {n:,} `synth-flickr` test scenes drawn in every way and captioned in "
              "both phrasings (`data_prep/synth/transfer.py`); image→text R@1 on the 1K gallery, mean of "
              f"{len(first)} seed(s). `flickr` is the test set's drawing, `coco` the training style, `coco+<trait>` "
@@ -328,7 +394,7 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
         phrasing = m[("coco", "training")] - m[("coco", "test")]
         traits = {d: m[("coco", "training")] - m[(d, "training")] for d in drawings if d.startswith("coco+")}
         worst = max(traits, key=traits.get)
-        lines.append(f"- {LABELS[r]}: the test set's drawing costs {rendering:.1f} points of R@1 against the "
+        lines.append(f"- {study.labels[r]}: the test set's drawing costs {rendering:.1f} points of R@1 against the "
                      f"training style (both with test phrasing), its phrasing {phrasing:.1f} points (both in the "
                      f"training style) — {'rendering' if rendering > phrasing else 'phrasing'} is the larger shift. "
                      f"The costliest single trait is `{worst.split('+')[1]}` ({traits[worst]:.1f} points), then " +
@@ -338,7 +404,7 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
     failures = _seed_mean(best, lambda x: x["failures"]["failures"])
     near = _seed_mean(best, lambda x: x["failures"]["near_misses"])
     wrong = {a: _seed_mean(best, lambda x, a=a: x["failures"]["wrong"][a]) for a in best[0]["failures"]["wrong"]}
-    lines += ["", f"What {LABELS[runs[0]]} still gets wrong on the test set (mean of {len(best)} seed(s)): "
+    lines += ["", f"What {study.labels[runs[0]]} still gets wrong on the test set (mean of {len(best)} seed(s)): "
                   f"{failures:.0f} of {n:,} images do not retrieve one of their captions first; only {near:.0f} of "
                   "those are near misses (a scene that differs in one attribute). The retrieved caption's scene has "
                   "another " + ", ".join(f"{a} {100 * v:.0f} %" for a, v in sorted(wrong.items(), key=lambda x: -x[1]))
@@ -357,16 +423,20 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[st
 
 
 def transfer_section(study: Study, reports_dir: Path) -> str:
-    """The transfer ablation (S-SMKE with and without rendering views) and where the transfer is lost."""
+    """The transfer ablation (S-SMKE with and without rendering views) and where the transfer is lost (synthetic
+    profiles: it needs the test scenes redrawn)."""
+    runs = study.profile.transfer_ablation
+    if not runs:
+        return ""
     table = ablation_section(study, reports_dir, "ablation_transfer",
-                             "Zero-shot transfer: S-SMKE with and without rendering-augmented views", TRANSFER_ABLATION)
-    return "\n".join([table, "", ablation_reading(study.results, [TRANSFER_ABLATION]), "",
+                             "Zero-shot transfer: S-SMKE with and without rendering-augmented views", runs)
+    return "\n".join([table, "", ablation_reading(study, [runs]), "",
                       "The rendering views change outline, shadow, background gradient and texture, rotation, blur and "
                       "foreground colour of training images (`mmd2v2_core/data/rendering.py`); no test image or "
                       "statistic is used, but the traits were chosen knowing the kinds of rendering change a test set "
-                      "may bring.", "", *transfer_decomposition_lines(study, TRANSFER_ABLATION)])
+                      "may bring.", "", *transfer_decomposition_lines(study, runs)])
 
 
-def findings_section(results_of) -> str:
+def findings_section(study) -> str:
     """Every qualitative claim of the seed and the thesis with its measurement and a computed verdict."""
-    return findings_markdown(check_claims(results_of, TEST_SETS), results_of("unaligned"))
+    return findings_markdown(check_claims(study.results, study.test_sets), study.results("unaligned"))

@@ -148,7 +148,8 @@ def mean_rows(results_of, runs: tuple[str, ...], datasets: tuple[str, ...]) -> l
     return rows
 
 
-def ablation_table(results_of, name: str, runs: tuple[str, ...], title: str, labels: dict[str, str]) -> SimpleTable:
+def ablation_table(results_of, name: str, runs: tuple[str, ...], title: str, labels: dict[str, str],
+                   datasets: tuple[str, ...] = SYNTHETIC) -> SimpleTable:
     """Mean ± spread (half the range over seeds) of the mean recall and of I→T R@1, per test set, with seed counts
     and I→T R@1 as a multiple of chance."""
     rows = []
@@ -168,13 +169,31 @@ def ablation_table(results_of, name: str, runs: tuple[str, ...], title: str, lab
             values = [r["metrics"]["i2t_r1"] * r["images"] / 100 for r in res if r["dataset"] == dataset]
             return f"{statistics.fmean(values):.0f}×" if values else MISSING
 
-        rows.append([labels[run], str(len({r["seed"] for r in res})), stat("synth-coco", "mean"),
-                     stat("synth-flickr", "mean"), stat("synth-coco", "i2t_r1"), stat("synth-flickr", "i2t_r1"),
-                     times_chance("synth-coco"), times_chance("synth-flickr")])
-    return SimpleTable(name, title, ["run", "seeds", "synth-coco mean R", "synth-flickr mean R", "synth-coco I→T R@1",
-                                     "synth-flickr I→T R@1", "coco I→T R@1 × chance", "flickr I→T R@1 × chance"], rows,
-                       ["Mean recall = mean of R@1/5/10 both ways; ± is half the range over seeds. × chance: "
-                        "image→text R@1 over a random ranking's (100 / images), so the 5K and 1K sets compare."])
+        rows.append([labels[run], str(len({r["seed"] for r in res})), *[stat(d, "mean") for d in datasets],
+                     *[stat(d, "i2t_r1") for d in datasets], *[times_chance(d) for d in datasets]])
+    return SimpleTable(name, title, ["run", "seeds", *[f"{d} mean R" for d in datasets],
+                                     *[f"{d} I→T R@1" for d in datasets], *[f"{d} I→T R@1 × chance" for d in datasets]],
+                       rows, ["Mean recall = mean of R@1/5/10 both ways; ± is half the range over seeds. × chance: "
+                              "image→text R@1 over a random ranking's (100 / images), so the 5K and 1K sets compare."])
+
+
+def quoted_comparison(references: dict, measured: list[dict], quoted: dict[str, str]) -> Table:
+    """Each measured row (``mean_rows``) under the thesis row it reproduces (``quoted``: measured label → entry of
+    ``references.yaml``), with the difference measured − quoted per recall."""
+    entries = references["entries"]
+    by_label = {row.label: row for row in measured_rows(measured)}
+    sections = []
+    for label, key in quoted.items():
+        row = by_label.get(label)
+        if row is None:
+            continue
+        ref = reference_row(entries[key])
+        diff = {d: [MISSING if MISSING in (q, m) else f"{float(m) - float(q):+.2f}" for q, m in zip(ref.cells[d], cells)]
+                for d, cells in row.cells.items() if d in ref.cells}
+        sections.append((label, [ref, row, Row("difference (measured − quoted)", diff, "computed")]))
+    return Table("quoted_vs_measured", "The thesis' rows and this kit's measurement of each", REAL, sections,
+                 ["Quoted rows exactly as the thesis prints them (sources in references.yaml); measured rows from this "
+                  "kit's runs (mean over seeds)."])
 
 
 def _cells(row: Row, datasets) -> list[str]:

@@ -1,0 +1,95 @@
+"""Before a real study trains anything: every prepared dataset, weight file and tokenizer its runs need, checked at
+once, so that a 10-hour plan does not stop at its fourth run for a file that was never downloaded.
+
+Each missing item is one line naming it, where it was looked for, and how to get it; an item several runs need is
+listed once, with the runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig, load_config
+from .errors import DataError
+from .student.presets import preset_from_config
+from .teachers.pretrained import cached_hub_file
+from .teachers.registry import get_spec, weights_dir, weights_location
+
+# What `mmd2v2 data karpathy --images` wants for each dataset (README: "Reproduce the thesis on GPUs").
+IMAGE_ROOTS = {"coco": "the COCO 2014 folder holding train2014/ and val2014/",
+               "flickr30k": "the folder of the 31,783 Flickr30K images"}
+
+
+def _data_names(study) -> list[str]:
+    return list(dict.fromkeys([study.train_data.name, *study.test_sets]))
+
+
+def missing_data(study) -> list[str]:
+    lines = []
+    for name in _data_names(study):
+        folder = study.data(name)
+        if not (folder / "manifest.json").is_file():
+            lines.append(f"data {name}: no prepared index in {folder}; make it with `mmd2v2 data karpathy --json "
+                         f"dataset_{name}.json --images <{IMAGE_ROOTS.get(name, 'its image folder')}> --out {folder}`")
+    return lines
+
+
+def check_data(study) -> dict[str, Path]:
+    """The prepared datasets by name, or a DataError with one line per missing one."""
+    missing = missing_data(study)
+    if missing:
+        raise DataError("the study's data is not prepared:\n" + "\n".join(missing))
+    return {name: study.data(name) for name in _data_names(study)}
+
+
+def _weights_line(name: str, explicit: str | None, folder: str | None) -> str | None:
+    spec = get_spec(name)
+    if weights_location(spec, explicit, folder) is not None:
+        return None
+    if explicit:
+        where = f"{explicit} does not exist"
+    elif spec.default_file:
+        where = f"{weights_dir(folder) / spec.default_file} not found"
+    else:
+        where = f"not in the Hugging Face cache (`hf download {spec.hub_id}`)"
+    return f"weights {name}: {where}; from {spec.weights}"
+
+
+def _tokenizer_line(name: str) -> str | None:
+    """A tokenizer is a folder (a name with a path in it), a packaged one, or a hub name in the Hugging Face cache."""
+    if name.startswith("packaged-") or Path(name).expanduser().is_dir():
+        return None
+    if "/" in name:
+        return (f"tokenizer: folder {name} not found (the Data2Vec2 tokenizer is converted from GPT-2's encoder.json "
+                "and vocab.bpe and the release's dict.txt: mmd2v2_core.teachers.data2vec2_text."
+                "convert_data2vec2_tokenizer)")
+    for repo in (name, f"google-bert/{name}"):
+        if cached_hub_file(repo, ("tokenizer_config.json", "vocab.txt", "tokenizer.json")) is not None:
+            return None
+    return f"tokenizer {name}: not in the Hugging Face cache (`hf download {name}`)"
+
+
+def missing_weights(cfg: TrainConfig) -> list[str]:
+    """The teacher's weights, the weights the student is initialised from, and the tokenizer."""
+    lines = []
+    t, s = cfg.teacher, cfg.student
+    if t.name != "none" and not t.tiny and not t.cache:
+        lines.append(_weights_line(t.name, t.weights, t.weights_dir))
+    if s.init:
+        preset = preset_from_config(s)
+        for name, explicit in ((preset.image_init, s.image_weights), (preset.text_init, s.text_weights)):
+            if name:
+                lines.append(_weights_line(name, explicit, t.weights_dir))
+    lines.append(_tokenizer_line(cfg.data.tokenizer))
+    return [line for line in lines if line]
+
+
+def missing_inputs(study) -> list[str]:
+    """Every missing dataset and weight file of every run of the study (seed 0's config: seeds share inputs)."""
+    needs: dict[str, list[str]] = {}
+    for run in study.runs:
+        # resolved without data.root: a missing dataset is reported above, not as a config error
+        cfg = load_config(study.config_name(run), study.overrides_of(run, study.profile.seeds[0]))
+        for line in dict.fromkeys(missing_weights(cfg)):  # the teacher may also be the image tower's source
+            needs.setdefault(line, []).append(run)
+    return missing_data(study) + [f"{line} (runs: {', '.join(runs)})" for line, runs in needs.items()]
