@@ -110,6 +110,19 @@ def test_kd_terms_are_logged_per_modality_and_mse_terms_are_summed():
     assert set(terms) == {"kd_image", "kd_text", "kd", "itc", "loss"}
 
 
+@pytest.mark.parametrize("overrides", [["loss.itc_weight=0"], ["loss.itc_weight=0", "loss.kd_temperature=learned"],
+                                       ["loss.kd=cdl", "loss.kd_temperature=learned", "loss.itc_hidden=true"],
+                                       ["loss.kd=none"]])
+def test_every_trainable_temperature_gets_a_gradient(overrides):
+    """DDP refuses a parameter that no loss term reaches (a KD-only MM-D2V2 under torchrun failed on its ITC
+    temperature), so the temperatures a recipe does not use are frozen."""
+    objective = Objective(load_config("smoke", overrides), target_dim=5)
+    out = {key: value.requires_grad_() for key, value in _out().items()}  # the student's outputs
+    objective(out, torch.randn(3, 5))["loss"].backward()
+    trainable = {name: p.grad for name, p in objective.named_parameters() if p.requires_grad}
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in trainable.values()), trainable
+
+
 def test_weight_decay_spares_embeddings_tokens_norms_biases_but_not_the_patch_convolution():
     student, _ = build_student(get_preset("smke", "minilm"), init=False)  # patches and text embeddings that train
     model = Trainable(student, Objective(load_config("smoke", ["loss.kd=cdl"]), target_dim=1280))

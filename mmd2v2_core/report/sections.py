@@ -31,8 +31,8 @@ from ..viz.gallery import plot_gallery
 from ..viz.samples import plot_drawings, plot_samples
 from .findings import Claim, check_claims, findings_markdown
 from .recipes import recipe_markdown
-from .tables import (ablation_table, load_references, mean_rows, quoted_comparison, render_markdown, seed_tables,
-                     simple_markdown, write_tables)
+from .tables import (Table, ablation_table, load_references, mean_rows, quoted_comparison, render_markdown,
+                     seed_tables, simple_markdown, write_tables)
 
 
 def _rel(path: Path, reports_dir: Path) -> str:
@@ -104,6 +104,7 @@ def teachers_section(study: Study) -> str:
     for run in study.runs:
         t = study.config(run, study.profile.seeds[0]).teacher
         where = "—" if t.name == "none" else weights_location(get_spec(t.name), t.weights, t.weights_dir)
+        where = f"`{get_spec(t.name).hub_id}` (Hugging Face cache)" if where == "hub cache" else where or "missing"
         lines.append(f"| {study.labels[run]} | {t.name}{' (tiny)' if t.tiny else ''} | "
                      f"{'—' if t.name == 'none' else t.target} | {where} |")
     return "\n".join(lines)
@@ -205,16 +206,25 @@ def table1_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> st
     if study.profile.synthetic:
         shown = [next(t for t in tables if t.name == "table1_synthetic")]
     else:
-        quoted = {row["row"]: study.runs[row["run"]].quoted for row in _with_runs(study, measured)
-                  if study.runs.get(row["run"]) and study.runs[row["run"]].quoted}
-        quoted.update({row["row"]: "data2vec2_unaligned" for row in _with_runs(study, measured) if row["run"] == "unaligned"})
-        tables.insert(0, quoted_comparison(load_references(), measured, quoted))
+        tables.insert(0, _quoted_table(study, measured))
         shown = tables[:1]
     write_tables(tables, reports_dir / "tables")
     return "\n".join([*intro, *[render_markdown(t) for t in shown], "",
                       "Reference tables with the published numbers (quoted, with sources in "
                       "`mmd2v2_core/report/references.yaml`; also as `.tex` and `.csv` in `reports/tables/`):", "",
                       *[render_markdown(t) for t in tables if t not in shown]])
+
+
+def _quoted_table(study: Study, measured: list[dict], **name_and_title) -> Table:
+    """The measured rows (``mean_rows``) that reproduce a thesis row, each under it with the difference; the
+    unaligned towers under the thesis' Data2Vec2 row."""
+    quoted = {}
+    for row in _with_runs(study, measured):
+        spec = study.runs.get(row["run"])
+        key = "data2vec2_unaligned" if row["run"] == "unaligned" else spec.quoted if spec else None
+        if key:
+            quoted[row["row"]] = key
+    return quoted_comparison(load_references(), measured, quoted, **name_and_title)
 
 
 def _with_runs(study: Study, measured: list[dict]) -> list[dict]:
@@ -301,7 +311,13 @@ def ablation_section(study: Study, reports_dir: Path, name: str, title: str, run
     """The ablation's table (mean ± spread over seeds), saved as md/tex/csv."""
     table = ablation_table(study.results, name, runs, title, study.labels, study.test_sets)
     write_tables([table], reports_dir / "tables")
-    return "\n".join([simple_markdown(table), f"Also as `.tex` and `.csv`: `tables/{name}.*`."])
+    lines = [simple_markdown(table), f"Also as `.tex` and `.csv`: `tables/{name}.*`."]
+    if not study.profile.synthetic:  # on COCO and Flickr30K: each row the thesis reports, under its number
+        quoted = _quoted_table(study, mean_rows(study.results, runs, study.test_sets), name=f"{name}_quoted",
+                               title=f"{title}: the thesis' rows and this kit's measurement of each")
+        write_tables([quoted], reports_dir / "tables")
+        lines += ["", render_markdown(quoted), f"Also as `.tex` and `.csv`: `tables/{name}_quoted.*`."]
+    return "\n".join(lines)
 
 
 def ablation_reading(study, comparisons: list[tuple[str, str]]) -> str:

@@ -177,7 +177,8 @@ def ablation_table(results_of, name: str, runs: tuple[str, ...], title: str, lab
                               "image→text R@1 over a random ranking's (100 / images), so the 5K and 1K sets compare."])
 
 
-def quoted_comparison(references: dict, measured: list[dict], quoted: dict[str, str]) -> Table:
+def quoted_comparison(references: dict, measured: list[dict], quoted: dict[str, str], name: str = "quoted_vs_measured",
+                      title: str = "The thesis' rows and this kit's measurement of each") -> Table:
     """Each measured row (``mean_rows``) under the thesis row it reproduces (``quoted``: measured label → entry of
     ``references.yaml``), with the difference measured − quoted per recall."""
     entries = references["entries"]
@@ -191,7 +192,7 @@ def quoted_comparison(references: dict, measured: list[dict], quoted: dict[str, 
         diff = {d: [MISSING if MISSING in (q, m) else f"{float(m) - float(q):+.2f}" for q, m in zip(ref.cells[d], cells)]
                 for d, cells in row.cells.items() if d in ref.cells}
         sections.append((label, [ref, row, Row("difference (measured − quoted)", diff, "computed")]))
-    return Table("quoted_vs_measured", "The thesis' rows and this kit's measurement of each", REAL, sections,
+    return Table(name, title, REAL, sections,
                  ["Quoted rows exactly as the thesis prints them (sources in references.yaml); measured rows from this "
                   "kit's runs (mean over seeds)."])
 

@@ -1,4 +1,4 @@
-"""Student presets: the seed's layouts and S-SMKE, each in three sizes, and their parameter counts.
+"""Student presets: the seed's layouts and S-SMKE, each in five sizes, and their parameter counts.
 
 Layouts (``ARCHS``): ``mmd2v2_6`` = 5 modality-specific + 1 shared block (the seed's MM-D2V2),
 ``mmd2v2_7`` = 6 + 1, ``mmd2v2_7_2`` = 5 + 2, ``smke`` = 6-block towers + type embedding + 1 shared
@@ -17,6 +17,10 @@ Sizes (``SIZES``):
   from the packaged all-MiniLM-L6-v2 (image side random): the pretrained-initialisation path offline,
   at ≈15 pairs/s on 2 cores.
 * ``smoke``: width 32, 2 heads, the embedded front ends — for tests and CI.
+* ``tiny``: the real architecture and initialisation path at width 32, for the real-format end-to-end test:
+  the real layouts, front end and sources (Data2Vec2-image with its frozen 2-block prenet, Data2Vec2-text or
+  BERT, their real vocabularies) at 2 heads, 32 px images, patch 8, read from tiny checkpoints in the original
+  layouts (``tests/real_fixture.py``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ SIZES = {
     "minilm": dict(width=384, heads=12, image_size=64, patch_size=8, kd_dim=1280),
     "smoke": dict(width=32, heads=2, image_size=32, patch_size=8, kd_dim=1280, **FROZEN_PACKAGED_FRONTENDS,
                   **NARROW_INIT),
+    # The real size's everything but the geometry (fresh layers keep its std 0.02): kd_dim = tiny BEiT-v2's width.
+    "tiny": dict(width=32, heads=2, image_size=32, patch_size=8, kd_dim=32),
 }
 # (depth, n_shared) of each layout at embedded size: fewer modality-specific layers, same pattern.
 EMBEDDED_LAYOUTS = {"mmd2v2_6": (3, 1), "mmd2v2_7": (4, 1), "mmd2v2_7_2": (4, 2), "smke": (4, 1)}
@@ -73,6 +79,7 @@ INIT = {
     ("smoke", "mmd2v2"): ("efficientnet-lite0", "minilm", "packaged-minilm"),
     ("smoke", "smke"): ("efficientnet-lite0", "minilm", "packaged-minilm"),
 }
+INIT.update({("tiny", family): INIT[("real", family)] for family in ("mmd2v2", "smke")})  # the real sources
 VOCAB = {"d2v2-text": 50265}
 
 

@@ -30,10 +30,11 @@ class Objective(nn.Module):
     def __init__(self, cfg: TrainConfig, target_dim: int):
         super().__init__()
         self.cfg = cfg.loss
-        self.itc_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale)
+        # A temperature no term uses is frozen: DDP refuses a parameter that gets no gradient (MM-D2V2, KD only).
+        self.itc_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale, learnable=bool(cfg.loss.itc_weight))
         self.itc_hidden_scale = LearnableTemperature(max_scale=cfg.loss.itc_max_scale) if cfg.loss.itc_hidden \
             else None
-        self.kd_scale = LearnableTemperature(learnable=cfg.loss.kd_temperature == "learned")
+        self.kd_scale = LearnableTemperature(learnable=cfg.loss.kd == "cdl" and cfg.loss.kd_temperature == "learned")
         self.bank = TeacherMemoryBank(cfg.loss.memory_bank, target_dim, torch.Generator().manual_seed(cfg.optim.seed)) \
             if cfg.loss.kd == "cdl" and cfg.loss.memory_bank else None
 

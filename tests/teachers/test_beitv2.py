@@ -1,7 +1,5 @@
 """BEiT-v2: the pt1k release's original key layout mapped into timm, checked against a plain-torch forward."""
 
-import argparse
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,72 +9,16 @@ from mmd2v2_core.errors import ConfigError, DataError
 from mmd2v2_core.teachers.base import MissingWeights, timm_outputs
 from mmd2v2_core.teachers.beitv2 import (TINY, build_beitv2, convert_beitv2_pt1k, load_beitv2_finetuned,
                                          load_beitv2_pt1k)
+from real_fixture import (beitv2_pt1k_state, hub_snapshot, relative_position_index, save_beitv2_release,
+                          tiny_beitv2_finetuned)
 
-DIM, HEADS, DEPTH, PATCH, IMG, VOCAB = 32, 2, 2, 8, 32, 16
+DIM, HEADS, DEPTH, PATCH, IMG = 32, 2, 2, 8, 32
 GRID = IMG // PATCH
 DROPPED = ("mask_token", "lm_head.", "cls_pt_layers.", "rel_pos_bias.relative_position_index")
 
 
 def test_tiny_variant_is_the_size_these_tests_write():
     assert TINY == dict(img_size=IMG, patch_size=PATCH, embed_dim=DIM, depth=DEPTH, num_heads=HEADS)
-
-
-def relative_position_index(grid):
-    """Index into the bias table for every (query, key) token pair; token 0 is CLS (unilm's convention)."""
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    r, c = rows.flatten(), cols.flatten()
-    span = 2 * grid - 1
-    size = span * span + 3  # every 2-D offset, then CLS→patch, patch→CLS, CLS→CLS
-    index = torch.empty(grid * grid + 1, grid * grid + 1, dtype=torch.long)
-    index[1:, 1:] = (r[:, None] - r[None, :] + grid - 1) * span + (c[:, None] - c[None, :] + grid - 1)
-    index[0, :] = size - 3
-    index[:, 0] = size - 2
-    index[0, 0] = size - 1
-    return index
-
-
-def original_block(prefix, g):
-    def rnd(*shape, scale=0.2):
-        return torch.randn(*shape, generator=g) * scale
-
-    return {
-        f"{prefix}gamma_1": 0.1 + rnd(DIM, scale=0.05), f"{prefix}gamma_2": 0.1 + rnd(DIM, scale=0.05),
-        f"{prefix}norm1.weight": 1 + rnd(DIM), f"{prefix}norm1.bias": rnd(DIM),
-        f"{prefix}attn.q_bias": rnd(DIM), f"{prefix}attn.v_bias": rnd(DIM),
-        f"{prefix}attn.qkv.weight": rnd(3 * DIM, DIM),
-        f"{prefix}attn.proj.weight": rnd(DIM, DIM), f"{prefix}attn.proj.bias": rnd(DIM),
-        f"{prefix}norm2.weight": 1 + rnd(DIM), f"{prefix}norm2.bias": rnd(DIM),
-        f"{prefix}mlp.fc1.weight": rnd(4 * DIM, DIM), f"{prefix}mlp.fc1.bias": rnd(4 * DIM),
-        f"{prefix}mlp.fc2.weight": rnd(DIM, 4 * DIM), f"{prefix}mlp.fc2.bias": rnd(DIM),
-    }
-
-
-def original_pt1k_state(seed=0):
-    """A tiny state in unilm's VisionTransformerForMaskedImageModelingCLS key layout (shared_lm_head=True)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {
-        "cls_token": torch.randn(1, 1, DIM, generator=g),
-        "mask_token": torch.randn(1, 1, DIM, generator=g),
-        "patch_embed.proj.weight": torch.randn(DIM, 3, PATCH, PATCH, generator=g) * 0.1,
-        "patch_embed.proj.bias": torch.randn(DIM, generator=g) * 0.1,
-        "rel_pos_bias.relative_position_bias_table": torch.randn((2 * GRID - 1) ** 2 + 3, HEADS, generator=g),
-        "rel_pos_bias.relative_position_index": relative_position_index(GRID),
-        "norm.weight": 1 + torch.randn(DIM, generator=g) * 0.2,
-        "norm.bias": torch.randn(DIM, generator=g) * 0.2,
-        "lm_head.weight": torch.randn(VOCAB, DIM, generator=g),
-        "lm_head.bias": torch.randn(VOCAB, generator=g),
-    }
-    for i in range(DEPTH):
-        state.update(original_block(f"blocks.{i}.", g))
-    for i in range(2):
-        state.update(original_block(f"cls_pt_layers.{i}.", g))
-    return state
-
-
-def save_release(state, path):
-    """Wrapped as the release's training script saves it, with a foreign object beside the weights."""
-    torch.save({"model": state, "args": argparse.Namespace(model="beit_base_patch16_224_8k_vocab_cls_pt")}, path)
-    return path
 
 
 def reference_forward(s, images):
@@ -110,8 +52,9 @@ def images():
 
 
 def test_converter_consumes_or_drops_every_source_key_and_fills_every_target_key(tmp_path):
-    source = original_pt1k_state()
-    out = load_file(convert_beitv2_pt1k(save_release(source, tmp_path / "pt1k.pth"), tmp_path / "pt1k.safetensors"))
+    source = beitv2_pt1k_state()
+    release = save_beitv2_release(source, tmp_path / "pt1k.pth")
+    out = load_file(convert_beitv2_pt1k(release, tmp_path / "pt1k.safetensors"))
     assert set(out) == set(build_beitv2(tiny=True).state_dict())
     kept = {k for k in source if not k.startswith(DROPPED)}
     assert set(out) == kept  # pt1k names are timm's names: a straight copy of everything but the dropped parts
@@ -120,8 +63,8 @@ def test_converter_consumes_or_drops_every_source_key_and_fills_every_target_key
 
 
 def test_converted_model_equals_reference_forward(tmp_path, images):
-    source = original_pt1k_state()
-    pth = save_release(source, tmp_path / "pt1k.pth")
+    source = beitv2_pt1k_state()
+    pth = save_beitv2_release(source, tmp_path / "pt1k.pth")
     expected = reference_forward(source, images)
     for model in (load_beitv2_pt1k(pth), load_beitv2_pt1k(convert_beitv2_pt1k(pth, tmp_path / "c.safetensors"))):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -134,7 +77,7 @@ def test_converted_model_equals_reference_forward(tmp_path, images):
 
 def test_reference_is_sensitive_to_the_mapped_tensors(images):
     """Guards the test itself: swapping the layer scales changes the output, so the equality above means something."""
-    source = original_pt1k_state()
+    source = beitv2_pt1k_state()
     swapped = dict(source)
     swapped["blocks.0.gamma_1"], swapped["blocks.0.gamma_2"] = source["blocks.0.gamma_2"], source["blocks.0.gamma_1"]
     assert not torch.allclose(reference_forward(source, images), reference_forward(swapped, images), atol=1e-4)
@@ -148,10 +91,10 @@ def test_reference_is_sensitive_to_the_mapped_tensors(images):
      "relative_position_index"),
 ])
 def test_converter_refuses_wrong_checkpoints(tmp_path, edit, message):
-    state = original_pt1k_state()
+    state = beitv2_pt1k_state()
     edit(state)
     with pytest.raises(DataError, match=message):
-        convert_beitv2_pt1k(save_release(state, tmp_path / "bad.pth"), tmp_path / "bad.safetensors")
+        convert_beitv2_pt1k(save_beitv2_release(state, tmp_path / "bad.pth"), tmp_path / "bad.safetensors")
 
 
 def test_finetuned_file_is_not_a_pt1k_checkpoint(tmp_path):
@@ -185,18 +128,8 @@ def test_full_size_layouts():
 # ---------------------------------------------------------------------------------------------- fine-tuned
 
 
-def finetuned_tiny(seed=0):
-    torch.manual_seed(seed)
-    model = build_beitv2(tiny=True, num_classes=1000, shared_rel_pos=False).eval()
-    with torch.no_grad():  # timm zero-inits the biases; make them matter
-        for block in model.blocks:
-            block.attn.relative_position_bias_table.normal_()
-            block.gamma_1.fill_(0.5)
-    return model
-
-
 def test_finetuned_loads_hub_files(tmp_path, images):
-    model = finetuned_tiny()
+    model = tiny_beitv2_finetuned()
     save_file(model.state_dict(), tmp_path / "model.safetensors")
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     expected = model(images)
@@ -207,7 +140,7 @@ def test_finetuned_loads_hub_files(tmp_path, images):
 
 def test_finetuned_loads_release_layout_with_position_index(tmp_path, images):
     """The release's own fine-tuned .pth: wrapped under "model", with each block's relative_position_index."""
-    model = finetuned_tiny()
+    model = tiny_beitv2_finetuned()
     state = dict(model.state_dict())
     for i in range(DEPTH):
         state[f"blocks.{i}.attn.relative_position_index"] = relative_position_index(GRID)
@@ -217,7 +150,7 @@ def test_finetuned_loads_release_layout_with_position_index(tmp_path, images):
 
 
 def test_finetuned_rejects_pt1k_file(tmp_path):
-    pth = save_release(original_pt1k_state(), tmp_path / "pt1k.pth")
+    pth = save_beitv2_release(beitv2_pt1k_state(), tmp_path / "pt1k.pth")
     path = convert_beitv2_pt1k(pth, tmp_path / "pt1k.safetensors")
     with pytest.raises(DataError, match=r"missing keys .*fc_norm.*unexpected keys .*rel_pos_bias"):
         load_beitv2_finetuned(path)
@@ -229,12 +162,9 @@ def test_finetuned_from_hub_cache_or_missing(offline_hub, images):
     assert "timm/beitv2_base_patch16_224.in1k_ft_in22k_in1k" in str(err.value)
     assert "huggingface.co" in str(err.value) and "--weights PATH" in str(err.value)
 
-    model = finetuned_tiny()
-    snapshot = offline_hub / "models--timm--beitv2_base_patch16_224.in1k_ft_in1k" / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
+    model = tiny_beitv2_finetuned()
+    snapshot = hub_snapshot(offline_hub, "timm/beitv2_base_patch16_224.in1k_ft_in1k")
     save_file(model.state_dict(), snapshot / "model.safetensors")
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
     torch.testing.assert_close(load_beitv2_finetuned(None, tag="in1k_ft_in1k")(images), model(images))
 
 

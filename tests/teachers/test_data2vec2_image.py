@@ -7,10 +7,8 @@ original-layout tensors of a tiny checkpoint, and the converted timm model must 
 
 from __future__ import annotations
 
-import argparse
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,71 +21,14 @@ from mmd2v2_core.student.model import MultimodalStudent, StudentConfig
 from mmd2v2_core.teachers.base import MissingWeights, timm_outputs
 from mmd2v2_core.teachers.data2vec2_image import (build_data2vec2_image, convert_data2vec2_image,
                                                   load_data2vec2_image)
+from real_fixture import IMG, ViTGeometry, d2v2_image_prefixes, d2v2_image_state, mae_positions, save_d2v2_image
 
-IMG = "modality_encoders.IMAGE."
 DIM, HEADS, PATCH, SIZE, PRENET, SHARED, HIDDEN = 32, 2, 8, 32, 2, 3, 64
-BLOCK = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-         "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
+GEO = ViTGeometry(dim=DIM, heads=HEADS, patch=PATCH, size=SIZE, depth=SHARED, hidden=HIDDEN, prenet=PRENET)
 
 
-def mae_positions(grid: int, dim: int) -> torch.Tensor:
-    """MAE's get_2d_sincos_pos_embed, re-derived in numpy: np.meshgrid(w, h) puts the column first."""
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
-    col, row = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
-
-    def half(pos):
-        angles = np.outer(pos.reshape(-1), omega)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-    return torch.from_numpy(np.concatenate([half(col), half(row)], axis=1)).float()
-
-
-def block_prefixes() -> list[str]:
-    return [f"{IMG}context_encoder.blocks.{i}." for i in range(PRENET)] + [f"blocks.{i}." for i in range(SHARED)]
-
-
-def original_state(seed: int = 0) -> dict:
-    """A tiny data2vec 2.0 image model's state dict with fairseq's key names and shapes."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.2):
-        return torch.randn(*shape, generator=g) * scale
-
-    state = {
-        IMG + "local_encoder.proj.weight": rand(DIM, 3, PATCH, PATCH),
-        IMG + "local_encoder.proj.bias": rand(DIM),
-        IMG + "extra_tokens": rand(1, 1, DIM, scale=1.0),
-        IMG + "fixed_positional_encoder.positions": mae_positions(SIZE // PATCH, DIM).unsqueeze(0),
-        IMG + "context_encoder.norm.weight": 1 + rand(DIM, scale=0.1),
-        IMG + "context_encoder.norm.bias": rand(DIM, scale=0.1),
-    }
-    shapes = {"attn.qkv.weight": (3 * DIM, DIM), "attn.qkv.bias": (3 * DIM,), "attn.proj.weight": (DIM, DIM),
-              "mlp.fc1.weight": (HIDDEN, DIM), "mlp.fc1.bias": (HIDDEN,), "mlp.fc2.weight": (DIM, HIDDEN)}
-    for prefix in block_prefixes():
-        for name in BLOCK:
-            if name.startswith("norm") and name.endswith("weight"):
-                state[prefix + name] = 1 + rand(DIM, scale=0.1)
-            else:
-                state[prefix + name] = rand(*shapes.get(name, (DIM,)))
-    # training-only parts: the conv decoder (Decoder2d; its LayerNorms have no parameters) and the EMA teacher
-    state[IMG + "decoder.blocks.0.0.weight"] = rand(16, DIM // 4, 3, 3)
-    state[IMG + "decoder.blocks.0.0.bias"] = rand(16)
-    state[IMG + "decoder.proj.weight"] = rand(DIM, 16)
-    state[IMG + "decoder.proj.bias"] = rand(DIM)
-    state["_ema"] = {key: value + 0.01 for key, value in state.items() if "decoder" not in key}
-    return state
-
-
-def save_original(path, state, cfg=True):
-    """Wrapped like fairseq's Trainer.state_dict: cfg as a plain dict, foreign objects elsewhere."""
-    checkpoint = {"model": state, "args": None,
-                  "extra_state": {"metrics": argparse.Namespace(loss=1.0)}}  # a class weights-only loading refuses
-    if cfg:
-        checkpoint["cfg"] = {"model": {"_name": "data2vec_multi", "depth": SHARED, "num_heads": HEADS,
-                                       "embed_dim": DIM, "layer_norm_first": False,
-                                       "modalities": {"image": {"prenet_depth": PRENET, "patch_size": PATCH}}}}
-    torch.save(checkpoint, path)
-    return path
+def original_state() -> dict:
+    return d2v2_image_state(GEO)
 
 
 def expected_target(key: str) -> str:
@@ -97,7 +38,7 @@ def expected_target(key: str) -> str:
             "context_encoder.norm.weight": "norm_pre.weight", "context_encoder.norm.bias": "norm_pre.bias"}
     if key.startswith(IMG) and key[len(IMG):] in stem:
         return stem[key[len(IMG):]]
-    for i, prefix in enumerate(block_prefixes()):
+    for i, prefix in enumerate(d2v2_image_prefixes(GEO)):
         if key.startswith(prefix):
             return f"blocks.{i}.{key[len(prefix):]}"
     raise KeyError(key)
@@ -124,7 +65,7 @@ def reference_forward(state, images, heads=HEADS):
     x = F.layer_norm(x, x.shape[-1:], state[IMG + "context_encoder.norm.weight"],
                      state[IMG + "context_encoder.norm.bias"], eps=1e-6)
     layers = []
-    for prefix in block_prefixes():
+    for prefix in d2v2_image_prefixes(GEO):
         x = alt_block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, heads)
         layers.append(x)
     return x, layers
@@ -132,7 +73,7 @@ def reference_forward(state, images, heads=HEADS):
 
 @pytest.fixture
 def original(tmp_path):
-    return save_original(tmp_path / "base_imagenet.pt", original_state())
+    return save_d2v2_image(tmp_path / "base_imagenet.pt", original_state(), GEO)
 
 
 def test_converter_maps_every_tensor_and_drops_training_parts(original, tmp_path):
@@ -241,14 +182,14 @@ def test_missing_file_and_no_path(tmp_path):
 def test_bad_checkpoints_are_refused_by_name(tmp_path, edit, message):
     state = original_state()
     edit(state)
-    path = save_original(tmp_path / "base_imagenet.pt", state)
+    path = save_d2v2_image(tmp_path / "base_imagenet.pt", state, GEO)
     with pytest.raises(DataError, match=message) as info:
         load_data2vec2_image(path)
     assert "base_imagenet.pt" in str(info.value)
 
 
 def test_heads_need_the_config_for_unreleased_widths(tmp_path):
-    path = save_original(tmp_path / "base_imagenet.pt", original_state(), cfg=False)
+    path = save_d2v2_image(tmp_path / "base_imagenet.pt", original_state(), GEO, cfg=False)
     with pytest.raises(DataError, match="attention heads"):
         load_data2vec2_image(path)
 

@@ -4,13 +4,9 @@ The checkpoint and BPE files here are tiny stand-ins written in the original for
 (forward pass, GPT-2 BPE + dict.txt lookup) are written from the original semantics with plain Python/torch.
 """
 
-import argparse
-import json
 import math
-import random
 
 import pytest
-import regex
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -18,58 +14,18 @@ from safetensors.torch import load_file, save_file
 from mmd2v2_core.errors import DataError
 from mmd2v2_core.teachers.data2vec2_text import (build_data2vec2_text, convert_data2vec2_text,
                                                  convert_data2vec2_tokenizer, load_data2vec2_text)
+from real_fixture import (GPT2_SPLIT, TEXT as EMB, TextGeometry, bytes_to_unicode, d2v2_text_state, save_d2v2_text,
+                          write_bpe_files)
 
 V, D, HEADS, FFN, DEPTH, MAX_POS = 40, 32, 2, 64, 2, 16
+GEO = TextGeometry(vocab=V, dim=D, heads=HEADS, ffn=FFN, depth=DEPTH, max_pos=MAX_POS)
 PAD = 1
-EMB = "modality_encoders.TEXT.local_encoder."
-
-
-def _original_state(seed=0):
-    """Tensors under fairseq's data2vec 2.0 names (student weights), plus training-only entries."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=0.2, mean=0.0):
-        return mean + scale * torch.randn(*shape, generator=g)
-
-    state = {
-        EMB + "embed_tokens.weight": rnd(V, D, scale=1.0),
-        EMB + "embed_positions.weight": rnd(MAX_POS + PAD + 1, D, scale=1.0),
-        EMB + "layernorm_embedding.weight": rnd(D, mean=1.0),
-        EMB + "layernorm_embedding.bias": rnd(D),
-    }
-    for i in range(DEPTH):
-        for name, out, inp in (("attn.qkv", 3 * D, D), ("attn.proj", D, D), ("mlp.fc1", FFN, D), ("mlp.fc2", D, FFN)):
-            state[f"blocks.{i}.{name}.weight"] = rnd(out, inp, scale=1 / math.sqrt(inp))
-            state[f"blocks.{i}.{name}.bias"] = rnd(out)
-        for name in ("norm1", "norm2"):
-            state[f"blocks.{i}.{name}.weight"] = rnd(D, mean=1.0)
-            state[f"blocks.{i}.{name}.bias"] = rnd(D)
-    training_only = {
-        "_ema": {"0.attn.qkv.weight": rnd(3 * D, D)},  # EMAModule.fp32_params: a nested dict
-        "modality_encoders.TEXT.decoder.blocks.0.0.weight": rnd(D, D, 9),
-        "modality_encoders.TEXT.decoder.proj.0.weight": rnd(2 * D, D),
-        "shared_decoder.proj.weight": rnd(D, D),
-        "recon_proj.weight": rnd(D, D),
-        "modality_encoders.IMAGE.local_encoder.proj.weight": rnd(D, 3, 16, 16),
-    }
-    return state, training_only
-
-
-def _save(path, state, cfg_style="dict"):
-    model_cfg = {"_name": "data2vec_multi", "depth": DEPTH, "embed_dim": D, "num_heads": HEADS, "norm_eps": 1e-5,
-                 "layer_norm_first": False, "supported_modality": "TEXT"}
-    if cfg_style == "dict":  # fairseq's trainer saves OmegaConf.to_container(cfg)
-        checkpoint = {"args": None, "cfg": {"model": model_cfg, "task": {"_name": "masked_lm"}}, "model": state}
-    else:
-        checkpoint = {"cfg": argparse.Namespace(model=argparse.Namespace(**model_cfg)), "model": state}
-    torch.save(checkpoint, path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
-    state, training_only = _original_state()
-    path = _save(tmp_path_factory.mktemp("d2v2") / "nlp_tiny.pt", {**state, **training_only})
+    state, training_only = d2v2_text_state(GEO)
+    path = save_d2v2_text(tmp_path_factory.mktemp("d2v2") / "nlp_tiny.pt", {**state, **training_only}, GEO)
     return path, state
 
 
@@ -143,7 +99,7 @@ def test_converter_fills_every_key_from_the_original(original, tmp_path):
 @pytest.mark.parametrize("cfg_style", ["dict", "namespace"])
 def test_converted_model_matches_reference_forward_on_padded_batch(original, tmp_path, cfg_style):
     _, state = original
-    path = _save(tmp_path / "nlp_tiny.pt", state, cfg_style)
+    path = save_d2v2_text(tmp_path / "nlp_tiny.pt", state, GEO, cfg_style)
     tokens = _padded_batch()
     mask = tokens.ne(PAD).long()
     expected = _reference_forward(state, tokens)
@@ -166,14 +122,15 @@ def test_build_tiny_runs():
 
 
 def test_unknown_missing_and_misshapen_keys_are_named(tmp_path):
-    state, _ = _original_state()
-    _save(tmp_path / "unknown.pt", {**state, "modality_encoders.TEXT.alibi_scale": torch.ones(1, 1, 1, 1, 1)})
+    state, _ = d2v2_text_state(GEO)
+    save_d2v2_text(tmp_path / "unknown.pt", {**state, "modality_encoders.TEXT.alibi_scale": torch.ones(1, 1, 1, 1, 1)},
+                   GEO)
     with pytest.raises(DataError, match=r"unknown\.pt.*'modality_encoders\.TEXT\.alibi_scale'"):
         load_data2vec2_text(tmp_path / "unknown.pt")
-    _save(tmp_path / "missing.pt", {k: v for k, v in state.items() if k != "blocks.1.norm2.bias"})
+    save_d2v2_text(tmp_path / "missing.pt", {k: v for k, v in state.items() if k != "blocks.1.norm2.bias"}, GEO)
     with pytest.raises(DataError, match=r"missing.*blocks\.1\.norm2\.bias"):
         convert_data2vec2_text(tmp_path / "missing.pt", tmp_path / "out")
-    _save(tmp_path / "shape.pt", {**state, "blocks.0.mlp.fc2.weight": torch.zeros(D, FFN + 1)})
+    save_d2v2_text(tmp_path / "shape.pt", {**state, "blocks.0.mlp.fc2.weight": torch.zeros(D, FFN + 1)}, GEO)
     with pytest.raises(DataError, match=r"blocks\.0\.mlp\.fc2\.weight has shape \(32, 65\)"):
         load_data2vec2_text(tmp_path / "shape.pt")
     with pytest.raises(DataError, match="not found"):
@@ -182,7 +139,7 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path):
     with pytest.raises(DataError, match="config.json"):
         load_data2vec2_text(tmp_path / "empty_dir")
     # A converted folder whose weights lost a key must not load with a randomly initialised stand-in.
-    folder = convert_data2vec2_text(_save(tmp_path / "ok.pt", state), tmp_path / "hf")
+    folder = convert_data2vec2_text(save_d2v2_text(tmp_path / "ok.pt", state, GEO), tmp_path / "hf")
     weights = load_file(folder / "model.safetensors")
     del weights["encoder.layer.1.output.LayerNorm.bias"]
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
@@ -192,20 +149,6 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path):
 
 # --- tokenizer ---------------------------------------------------------------------------------------------------
 
-def _bytes_to_unicode():
-    """GPT-2's byte -> printable character table."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
-GPT2_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("l", "o"), ("lo", "w"), ("e", "r"), ("Ġ", "low"), ("Ġlow", "er")]
 OMITTED = "lo"  # an intermediate of the merges: fairseq's lookup turns it into <unk> only where it survives
 
@@ -213,7 +156,7 @@ OMITTED = "lo"  # an intermediate of the merges: fairseq's lookup turns it into 
 def _reference_ids(text, encoder, dictionary):
     """fairseq: GPT-2 BPE to GPT-2 ids, ids as words through dict.txt (after 4 specials), <s> … </s>."""
     ranks = {pair: r for r, pair in enumerate(MERGES)}
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     index = {word: 4 + i for i, word in enumerate(dictionary)}
     ids = [0]
     for piece in GPT2_SPLIT.findall(text):
@@ -230,14 +173,7 @@ def _reference_ids(text, encoder, dictionary):
 
 @pytest.fixture
 def bpe_files(tmp_path):
-    tokens = list(_bytes_to_unicode().values()) + ["".join(pair) for pair in MERGES] + ["<|endoftext|>"]
-    encoder = {token: i for i, token in enumerate(tokens)}
-    (tmp_path / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
-    (tmp_path / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES), encoding="utf-8")
-    words = [str(i) for i in encoder.values() if i != encoder[OMITTED]]
-    random.Random(0).shuffle(words)  # fairseq orders dict.txt by frequency, not by GPT-2 id
-    words.append("madeupword0000")
-    (tmp_path / "dict.txt").write_text("".join(f"{w} {1000 - n}\n" for n, w in enumerate(words)), encoding="utf-8")
+    encoder, words = write_bpe_files(tmp_path, MERGES, omitted=(OMITTED,))
     return tmp_path, encoder, words
 
 

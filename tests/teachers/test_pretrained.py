@@ -6,28 +6,13 @@ from safetensors.torch import save_file
 
 from mmd2v2_core.errors import DataError
 from mmd2v2_core.teachers.base import MissingWeights, hf_text_outputs, timm_outputs
-from mmd2v2_core.teachers.pretrained import (build_bert, build_dino, build_resnet50, load_bert, load_dino,
-                                             load_resnet50)
-
-
-def hub_snapshot(cache, repo_id):
-    """A snapshot folder in the hub cache's layout, with refs/main pointing at it."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("0123abcd")
-    snapshot = repo / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
-    return snapshot
+from mmd2v2_core.teachers.pretrained import build_bert, build_resnet50, load_bert, load_dino, load_resnet50
+from real_fixture import hub_snapshot, tiny_dino
 
 
 @pytest.fixture
 def images():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
-def tiny_dino():
-    torch.manual_seed(0)
-    return build_dino(tiny=True).eval()
 
 
 def tiny_resnet():

@@ -1,0 +1,137 @@
+"""The real study as a user with GPUs runs it, on a real-format fixture (``real_fixture.py``): Karpathy JSON over
+photographs, prepared by ``mmd2v2 data karpathy``; tiny random-init teachers and towers of the real architectures in
+their release layouts, in ``weights/`` and a Hugging Face cache. Every run trains 2 steps.
+
+The flow is the cluster one: ``mmd2v2 study --profile real --plan`` writes torchrun lines, a shell runs them (2 gloo
+processes per run), and ``mmd2v2 study --profile real`` then scores every run through the notebooks and completes the
+report without training anything again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmd2v2_core.profiles import PROFILES
+
+from real_fixture import build_real_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = PROFILES["real"]
+# 2 steps of a small batch at the fixture's size; fp32 on CPUs. Everything else is the real YAMLs'.
+TINY_RUNS = ["student.size=tiny", "optim.steps=2", "optim.batch_size=8", "data.num_workers=0", "optim.precision=fp32"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _study(root: Path, env: dict[str, str], *extra: str) -> tuple[int, str]:
+    """``mmd2v2 study --profile real`` typed in a shell in ``root`` (where ``weights/`` is): its own process, since
+    huggingface_hub reads HF_HOME once, when first imported."""
+    args = ["study", "--profile", "real", "--run-dir", str(root / "run"), "--reports", str(root / "reports"),
+            "--notebooks", str(root / "notebooks"), "--data", str(root / "prepared"),
+            *[f"-p{o}" for o in TINY_RUNS], *extra]
+    done = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, **env})
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    fixture = build_real_fixture(root)
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    env = {**fixture.env, "OMP_NUM_THREADS": "1"}
+    code, plan_log = _study(root, env, "--plan", "--nproc-per-node", "2", "--warmup-steps", "3")
+    assert code == 0, plan_log
+    plan = root / "run" / "plan" / "plan.sh"
+    # a scheduler runs each line where the study's inputs are, in the kit's environment (torchrun on the PATH);
+    # one node, 2 CPU processes per run
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(["bash", str(plan)], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, **env, "PATH": path, "NPROC_PER_NODE": "2",
+                               "MASTER_PORT": str(_free_port())})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trained = {p: p.stat().st_mtime_ns for p in (root / "run" / "runs").rglob("model.safetensors")}
+    code, study_log = _study(root, env)
+    assert code == 0, study_log
+    return root, plan_log, plan.read_text(), trained, study_log
+
+
+def test_missing_data_and_weights_fail_before_training_one_line_each(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    empty_cache = tmp_path / "hf"
+    code, log = _study(tmp_path, {"HF_HOME": str(empty_cache), "HF_HUB_CACHE": str(empty_cache / "hub"),
+                                  "HF_HUB_OFFLINE": "1"})
+    assert code == 2
+    lines = [line.strip() for line in log.splitlines()[1:] if line.strip()]
+    expected = ["data coco:", "data flickr30k:", "weights d2v2-image:", "weights d2v2-text:", "weights beitv2:",
+                "weights beitv2-ft:", "weights dino:", "weights bert:", "tokenizer: folder weights/d2v2-text-tokenizer",
+                "tokenizer bert-base-uncased:"]
+    for start in expected:
+        assert sum(line.startswith(start) for line in lines) == 1, (start, log)
+    assert len(lines) == len(expected), log
+    assert "mmd2v2 data karpathy --json dataset_coco.json" in log and "base_imagenet.pt not found" in log
+    assert "(runs: smke_dino)" in log
+    assert not (tmp_path / "run" / "runs").exists()  # nothing trained
+
+
+def test_plan_lists_a_torchrun_line_per_run_with_its_hours(real):
+    root, plan_log, plan, _, _ = real
+    lines = [line for line in plan.splitlines() if line.startswith("torchrun")]
+    assert len(lines) == len(REAL.runs) * len(REAL.seeds)
+    assert all("--nproc_per_node=${NPROC_PER_NODE:-2}" in line and "--nnodes=${NNODES:-1}" in line and
+               "-m mmd2v2_core.cli train --config" in line for line in lines)
+    for run in REAL.run:
+        assert re.search(rf"^# {run} seed 0: 2 steps × 8 ≈ [\d.]+ h on 2 process\(es\)$", plan, re.M), run
+        assert re.search(rf"^\| {run} \| 0 \| 2 × 8 \| 16 \| [\d.]+ \| 2 \| [\d.]+ \| no \|$", plan_log, re.M), run
+
+
+def test_the_study_after_the_plan_scores_every_run_without_training_again(real):
+    root, _, _, trained, study_log = real
+    assert len(trained) == len(REAL.runs)
+    assert {p: p.stat().st_mtime_ns for p in (root / "run" / "runs").rglob("model.safetensors")} == trained
+    assert "· start ·" not in study_log  # no run trained
+    for run in REAL.run:
+        assert re.search(rf"\[run\] {run} seed 0 · scored in \d+ s · mean recall coco [\d.]+, flickr30k [\d.]+",
+                         study_log), run
+    results = list((root / "run" / "results").rglob("*.json"))
+    assert len(results) == 2 * (len(REAL.runs) + 1)  # every run and the unaligned towers, on COCO and Flickr30K
+
+
+def test_the_report_puts_each_measured_row_under_the_thesis_row(real):
+    root, *_ = real
+    report = (root / "reports" / "report.md").read_text()
+    for heading in ("## 00 · Data preparation", "## 01 · Teacher targets", "## 02 · Distillation pretraining",
+                    "## 03 · Retrieval evaluation", "## 04 · Teacher ablation", "## 05 · Attention and layout ablation",
+                    "## 06 · Embeddings"):
+        assert heading in report
+    tables = root / "reports" / "tables"
+    for name, runs in (("quoted_vs_measured", REAL.table1), ("ablation_teacher_quoted", REAL.teacher_ablation)):
+        table = (tables / f"{name}.md").read_text()
+        quoted = [REAL.run[run] for run in runs if REAL.run[run].quoted]
+        assert quoted and all(f"| {run.label} |" in table for run in quoted), name
+        unaligned = name == "quoted_vs_measured"  # under the thesis' Data2Vec2 row
+        assert table.count("| difference (measured − quoted) |") == len(quoted) + unaligned, name
+    table1 = (tables / "quoted_vs_measured.md").read_text()
+    assert "| MM-D2V2 (Ours)† | 31.72 | 56.78 | 67.9 |" in table1 and "| Data2Vec2 | 0.02 |" in table1
+    assert "| S-SMKE, DINO teacher | 50.4 | 77.88 | 87.36 |" in (tables / "ablation_teacher_quoted.md").read_text()
+    # notebook 01 names each run's teacher, target and the weights it found
+    assert re.search(r"^\| MM-D2V2 5\+1, D2V2-image teacher \| d2v2-image \| mean \| \S+/weights/base_imagenet.pt \|$",
+                     report, re.M)
+    assert "| S-SMKE, DINO teacher | dino | cls_prenorm | `timm/vit_base_patch16_224.dino` (Hugging Face cache) |" \
+        in report
+    assert "Still to train: 0 of 10 runs" in report
+    assert "t-SNE of" in report and "people in the captions" in report
+    # the findings table: the real claims, judged (one seed: no spread)
+    assert "| A BEiT-v2 teacher beats a D2V2-image one (MM-D2V2 5+1) | coco |" in report
