@@ -80,3 +80,8 @@ def test_embedding_reading_follows_the_statistics():
     assert "score far lower but above a random pair (0.18)" in text and "well above chance" in text
     text = embedding_reading({**stats, "same_attribute_cosine": 0.6, "nearest_caption_same_attribute": 0.3}, 300)
     assert "score almost as high (0.60)" in text and "not what organises" in text
+    assert "a caption is far closer to its own image than to a random other one (cosine 0.87 vs 0.01)" in text
+    untrained = {**stats, "matched_cosine": -0.18, "unmatched_cosine": -0.18, "same_attribute_cosine": -0.19}
+    text = embedding_reading(untrained, 8)
+    assert "a caption is no closer to its own image than to a random other one (cosine -0.18 vs -0.18)" in text
+    assert "score no higher than a random pair (-0.19)" in text

@@ -327,8 +327,9 @@ def ablation_reading(study, comparisons: list[tuple[str, str]]) -> str:
     return "Reading:\n\n" + "\n".join(lines) if lines else "Reading: the compared runs have not been scored yet."
 
 
-# Real photos carry no scene labels: the map is coloured by whether any caption of the image mentions people
-# (COCO's most frequent category), a split a student that has learned content should show.
+# Real photos carry no scene labels: the map is coloured by each image's dominant COCO supercategory when the index
+# has them (`mmd2v2 data karpathy --instances`), else by whether any caption mentions people (COCO's most frequent
+# category): splits a student that has learned content should show.
 PEOPLE_WORDS = {"man", "men", "woman", "women", "person", "people", "boy", "boys", "girl", "girls", "child",
                 "children", "kid", "kids", "player", "players", "guy", "lady", "skier", "surfer", "skateboarder"}
 
@@ -336,6 +337,8 @@ PEOPLE_WORDS = {"man", "men", "woman", "women", "person", "people", "boy", "boys
 def _map_attribute(study: Study, records) -> tuple[str, list[str]]:
     if study.profile.synthetic:
         return "background", [r.extra["scene"]["background"] for r in records]
+    if all("supercategory" in r.extra for r in records):
+        return "COCO supercategory", [r.extra["supercategory"] for r in records]
     return "people in the captions", ["people" if PEOPLE_WORDS & {w for c in r.captions for w in re.findall(
         r"[a-z]+", c.lower())} else "no people" for r in records]
 
@@ -370,12 +373,14 @@ def embedding_reading(stats: dict, n: int, attribute: str = "background") -> str
     """What the embedding statistics (``viz.embeddings.embedding_map``) say about the student's space."""
     matched, same, other = stats["matched_cosine"], stats["same_attribute_cosine"], stats["unmatched_cosine"]
     nearest, chance = stats["nearest_caption_same_attribute"], stats["attribute_chance"]
-    closeness = ("almost as high" if same > 0.5 * matched else
+    aligned = ("far closer to" if matched > other + 0.1 else "closer to" if matched > other + 0.02 else
+               "no closer to")  # an untrained or collapsed student: its own image is not nearer
+    closeness = ("almost as high" if same > 0.5 * matched > 0.5 * other else
                  "far lower but above a random pair" if same > other + 0.05 else "no higher than a random pair")
     learned = (f"so the student's space is organised by {attribute} well above chance, and a caption that misses "
                "its image mostly lands on one with the same value." if nearest > min(2 * chance, (1 + chance) / 2) else
                f"so {attribute} is not what organises the student's space.")
-    return (f"Reading: a caption is far closer to its own image than to a random other one (cosine {matched:.2f} vs "
+    return (f"Reading: a caption is {aligned} its own image than to a random other one (cosine {matched:.2f} vs "
             f"{other:.2f}); images with the same {attribute} score {closeness} ({same:.2f}). An image's nearest "
             f"caption among the {n} shares its {attribute} {nearest:.0%} of the time (most common value: "
             f"{chance:.0%}), {learned} The two modalities' point clouds are offset by {stats['modality_gap']:.2f} "
