@@ -139,6 +139,7 @@ def index_karpathy(
     merge_restval: bool = True,
     workers: int | None = None,
     allow_outside_root: bool = False,
+    supercategories: dict[int, str] | None = None,
 ) -> dict:
     """Validate, check every image, and write the index to ``out_dir``. Returns the manifest.
 
@@ -146,6 +147,8 @@ def index_karpathy(
     naming how many and the first few; ``'skip'`` drops those images and lists each in the manifest
     (``dropped``, with the reason) and in ``dropped.json``. Images kept but read in an unusual way (or
     allowed outside the image folder) are summed up in the manifest's ``notes``, one line each.
+    ``supercategories`` (COCO id → label, ``coco_instances.dominant_supercategories``) is stored in each COCO
+    entry's ``extra.supercategory``; ids it lacks are noted.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -154,6 +157,11 @@ def index_karpathy(
         raise DataError(f"{root}: image folder not found")
     data = read_json(json_path)
     entries = validate(data, json_path, allow_outside_root)
+    if supercategories is not None:
+        no_id = next((i for i, e in enumerate(entries) if not isinstance(e.get("cocoid"), int)), None)
+        if no_id is not None:
+            raise DataError(f"{json_path}: images[{no_id}]: no cocoid to look up in --instances (they are COCO's "
+                            "annotations)")
     paths = [resolve_image(e, root) for e in entries]
     _refuse_shared_files(paths, json_path)
 
@@ -182,17 +190,23 @@ def index_karpathy(
 
     bad_ids = {e["imgid"] for e, _, _ in bad}
     splits: dict[str, list[dict]] = {}
-    for entry, path in zip(entries, paths):
+    for i, (entry, path) in enumerate(zip(entries, paths)):
         if entry["imgid"] in bad_ids:
             continue
         split = "train" if merge_restval and entry["split"] == "restval" else entry["split"]
         sentences = entry["sentences"]
+        extra = {k: v for k, v in entry.items() if k not in STANDARD_FIELDS}
+        if supercategories is not None:
+            if entry["cocoid"] in supercategories:
+                extra["supercategory"] = supercategories[entry["cocoid"]]
+            else:
+                noted.setdefault("not in the instance annotations", []).append(f"images[{i}] cocoid {entry['cocoid']}")
         splits.setdefault(split, []).append({
             "image_id": entry["imgid"],
             "path": os.path.relpath(path, root),
             "captions": [s["raw"].strip() for s in sentences],
             "sentids": entry.get("sentids") or [s.get("sentid", k) for k, s in enumerate(sentences)],
-            "extra": {k: v for k, v in entry.items() if k not in STANDARD_FIELDS},
+            "extra": extra,
         })
     dropped = [{"imgid": e["imgid"], "file": str(p), "reason": why} for e, p, why in bad]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,14 @@ def _data_synth(args: argparse.Namespace) -> None:
 
 
 def _data_karpathy(args: argparse.Namespace) -> None:
+    from data_prep.coco_instances import dominant_supercategories
     from data_prep.karpathy import index_karpathy
 
     check_output(args.out, "--out")
     manifest = index_karpathy(args.json, args.images, args.out, on_bad_image=args.on_bad_image,
                               verify=args.verify, merge_restval=not args.keep_restval, workers=args.workers,
-                              allow_outside_root=args.allow_images_outside_root)
+                              allow_outside_root=args.allow_images_outside_root,
+                              supercategories=dominant_supercategories(args.instances) if args.instances else None)
     for split, n in manifest["splits"].items():
         print(f"{manifest['dataset']} {split}: {n['images']:,} images, {n['captions']:,} captions")
     for note in manifest["notes"]:
@@ -268,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     karpathy.add_argument("--allow-images-outside-root", action="store_true",
                           help="let file names in the JSON lead outside --images ('../…', absolute paths)")
     karpathy.add_argument("--workers", type=_at_least(0), default=None, help="image-checking threads")
+    karpathy.add_argument("--instances", type=Path, action="append", default=[],
+                          help="COCO instances_*.json (repeat for train2014 and val2014): stores each image's "
+                               "dominant supercategory, which colours the real study's embedding map")
     karpathy.set_defaults(func=_data_karpathy)
 
     teachers = sub.add_parser("teachers", help="the teacher registry").add_subparsers(dest="teachers_command",

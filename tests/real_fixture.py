@@ -4,8 +4,9 @@
 
 * ``coco/dataset_coco.json`` + ``coco/images/{train2014,val2014}/`` and ``flickr30k/dataset_flickr30k.json`` +
   ``flickr30k/images/``: Karpathy splits with the real files' fields over 40 JPEG photographs cut from the sample
-  photos scikit-image and matplotlib ship, 5 captions each; prepared by ``index_karpathy`` (what
-  ``mmd2v2 data karpathy`` runs) into ``prepared/coco`` and ``prepared/flickr30k``.
+  photos scikit-image and matplotlib ship, 5 captions each, and COCO's ``annotations/instances_{train,val}2014.json``
+  for those photos; prepared by ``index_karpathy`` (what ``mmd2v2 data karpathy [--instances …]`` runs) into
+  ``prepared/coco`` (with each image's supercategory) and ``prepared/flickr30k``.
 * ``weights/``: the registry's default files as tiny random-init checkpoints in the releases' layouts (BEiT-v2
   pt1k ``.pth``; fairseq data2vec 2.0 image and text ``.pt`` with their cfg), and ``weights/d2v2-text-tokenizer``
   converted by ``convert_data2vec2_tokenizer`` from GPT-2-style BPE files and a fairseq ``dict.txt``
@@ -42,6 +43,7 @@ from PIL import Image, ImageOps
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForPreTraining
 
+from data_prep.coco_instances import dominant_supercategories
 from data_prep.karpathy import index_karpathy
 from mmd2v2_core.teachers.beitv2 import build_beitv2
 from mmd2v2_core.teachers.data2vec2_text import convert_data2vec2_tokenizer
@@ -522,6 +524,7 @@ D2V2_IMAGE = ViTGeometry(depth=6, prenet=2)
 class RealFixture:
     root: Path
     karpathy: dict[str, tuple[Path, Path]]  # dataset -> (Karpathy JSON, image root): `mmd2v2 data karpathy` input
+    instances: list[Path]  # COCO's instances_*.json for the coco photos (`--instances`)
     prepared: dict[str, Path]  # dataset -> its prepared index (data.root)
     weights_dir: Path
     hf_home: Path
@@ -550,8 +553,10 @@ def build_real_fixture(root: Path) -> RealFixture:
     captions = [c for *_, caps in photos for c in caps]
     karpathy = {"coco": _write_coco(root / "coco", photos), "flickr30k": _write_flickr(root / "flickr30k", photos)}
     prepared = {name: root / "prepared" / name for name in karpathy}
-    for name, (json_path, images) in karpathy.items():
-        index_karpathy(json_path, images, prepared[name])  # the CLI's defaults: decode every image, merge restval
+    instances = write_coco_instances(root / "coco" / "annotations", karpathy["coco"][0])
+    for name, (json_path, images) in karpathy.items():  # the CLI's defaults: decode every image, merge restval
+        index_karpathy(json_path, images, prepared[name],
+                       supercategories=dominant_supercategories(instances) if name == "coco" else None)
 
     weights, downloads, hub = root / "weights", root / "downloads", root / "hf" / "hub"
     for folder in (weights, downloads, hub):
@@ -565,5 +570,5 @@ def build_real_fixture(root: Path) -> RealFixture:
     # HF_HUB_CACHE too: an inherited one would win over HF_HOME.
     env = {"HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "MMD2V2_WEIGHTS_DIR": str(weights)}
-    return RealFixture(root, karpathy, prepared, weights, hub.parent, tokenizer, env)
+    return RealFixture(root, karpathy, instances, prepared, weights, hub.parent, tokenizer, env)
 

@@ -70,7 +70,9 @@ def test_karpathy_files_have_the_real_fields_and_prepare_through_the_cli(real, n
         assert splits["restval"] > 0 and {e["filepath"] for e in data["images"]} == {"train2014", "val2014"}
 
     # `mmd2v2 data karpathy` on the same files writes what the fixture prepared
-    assert main(["data", "karpathy", "--json", str(json_path), "--images", str(images), "--out", str(tmp_path)]) == 0
+    instances = [a for path in real.instances for a in ("--instances", str(path))] if name == "coco" else []
+    assert main(["data", "karpathy", "--json", str(json_path), "--images", str(images), "--out", str(tmp_path),
+                 *instances]) == 0
     prepared = load_manifest(real.prepared[name])
     assert load_manifest(tmp_path)["splits"] == prepared["splits"]
     assert prepared["splits"]["train"]["images"] == splits["train"] + splits["restval"]  # restval merged

@@ -132,6 +132,6 @@ def test_the_report_puts_each_measured_row_under_the_thesis_row(real):
     assert "| S-SMKE, DINO teacher | dino | cls_prenorm | `timm/vit_base_patch16_224.dino` (Hugging Face cache) |" \
         in report
     assert "Still to train: 0 of 10 runs" in report
-    assert "t-SNE of" in report and "people in the captions" in report
+    assert "t-SNE of" in report and "shares its COCO supercategory" in report  # the map, coloured by instances
     # the findings table: the real claims, judged (one seed: no spread)
     assert "| A BEiT-v2 teacher beats a D2V2-image one (MM-D2V2 5+1) | coco |" in report
