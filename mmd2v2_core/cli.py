@@ -188,13 +188,13 @@ def _study(args: argparse.Namespace) -> None:
         from .study import Study
 
         study = Study(args.profile, args.run_dir or f"runs/study-{args.profile}", args.params, data_dir=args.data,
-                      nproc_per_node=nproc)
+                      nproc_per_node=nproc, imagenet_dir=args.imagenet)
         check_inputs(study)
         print(plan_markdown(time_plan(study, args.warmup_steps, nproc), study.device))
         print(f"plan: {study.plan(nproc, args.warmup_steps)}")
         return
     report = run_study(args.profile, args.run_dir, args.reports, args.only, args.start, args.params, args.notebooks,
-                       data_dir=args.data, nproc_per_node=nproc)
+                       data_dir=args.data, nproc_per_node=nproc, imagenet_dir=args.imagenet)
     print(f"report: {report}")
 
 
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--notebooks", type=Path, default=Path("notebooks"))
     study.add_argument("--data", type=Path, default=None,
                        help="real profile: folder of the prepared indexes coco/ and flickr30k/ (`mmd2v2 data karpathy`)")
+    study.add_argument("--imagenet", type=Path, default=None,
+                       help="real profile: ImageNet-1k val folder (<wnid>/*.JPEG) for zero-shot classification")
     study.add_argument("--nproc-per-node", type=_at_least(1), default=None,
                        help="processes per training run; more than 1 launches torchrun (default: the GPU count)")
     study.add_argument("--plan", action="store_true",

@@ -31,6 +31,8 @@ def missing_data(study) -> list[str]:
         if not (folder / "manifest.json").is_file():
             lines.append(f"data {name}: no prepared index in {folder}; make it with `mmd2v2 data karpathy --json "
                          f"dataset_{name}.json --images <{IMAGE_ROOTS.get(name, 'its image folder')}> --out {folder}`")
+    if study.imagenet_dir and not study.imagenet_dir.is_dir():
+        lines.append(f"data imagenet: {study.imagenet_dir} is not a folder (ImageNet-1k val laid out as <wnid>/*.JPEG)")
     return lines
 
 

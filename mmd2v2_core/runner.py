@@ -49,12 +49,14 @@ def check_inputs(study: Study) -> None:
 def run_study(profile: str = "embedded", run_dir: str | Path | None = None, reports_dir: str | Path = "reports",
               only: str | None = None, start: str | None = None, params: list[str] = (),
               notebooks_dir: str | Path = "notebooks", log=print, data_dir: str | Path | None = None,
-              nproc_per_node: int = 1) -> Path:
+              nproc_per_node: int = 1, imagenet_dir: str | Path | None = None) -> Path:
     import papermill as pm
 
     run_dir = Path(run_dir or f"runs/study-{profile}").resolve()
     data_dir = Path(data_dir).resolve() if data_dir else None
-    check_inputs(Study(profile, run_dir, list(params), data_dir=data_dir, nproc_per_node=nproc_per_node))
+    imagenet_dir = Path(imagenet_dir).resolve() if imagenet_dir else None
+    check_inputs(Study(profile, run_dir, list(params), data_dir=data_dir, nproc_per_node=nproc_per_node,
+                       imagenet_dir=imagenet_dir))
     reports_dir, notebooks_dir = Path(reports_dir).resolve(), Path(notebooks_dir).resolve()
     if not notebooks_dir.is_dir():
         raise ConfigError(f"{notebooks_dir}: notebooks folder not found (run from the repository root or pass --notebooks)")
@@ -64,7 +66,8 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
     executed.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MMD2V2_PROGRESS", "plain")  # papermill shows a notebook's bars as log lines
     parameters = {"profile": profile, "run_dir": str(run_dir), "reports_dir": str(reports_dir), "overrides": list(params),
-                  "data_dir": str(data_dir) if data_dir else None, "nproc_per_node": nproc_per_node}
+                  "data_dir": str(data_dir) if data_dir else None, "nproc_per_node": nproc_per_node,
+                  "imagenet_dir": str(imagenet_dir) if imagenet_dir else None}
     for name in _selection(done_dir, only, start):
         source, target = notebooks_dir / f"{name}.ipynb", executed / f"{name}.ipynb"
         log(f"[study] {name} …")

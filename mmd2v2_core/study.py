@@ -42,6 +42,7 @@ from .errors import ConfigError, KitError
 from .eval.baseline import fit_cca
 from .eval.embed import evaluate_retrieval, student_inputs
 from .eval.transfer import transfer_decomposition
+from .eval.zeroshot import imagenet_zero_shot
 from .paths import from_root
 from .plan import write_plan
 from .preflight import check_data, missing_inputs
@@ -95,7 +96,7 @@ class Study:
 
     def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = (),
                  run_overrides: dict[str, list[str]] | None = None, log=print, data_dir: str | Path | None = None,
-                 nproc_per_node: int = 1):
+                 nproc_per_node: int = 1, imagenet_dir: str | Path | None = None):
         self.profile = get_profile(profile)
         self.runs, self.labels, self.test_sets = self.profile.run, self.profile.labels, self.profile.test_sets
         self.run_dir = from_root(run_dir)  # a relative run_dir means the same folder from notebooks/ as from the root
@@ -107,6 +108,7 @@ class Study:
             raise ConfigError(f"run_overrides: unknown run {unknown[0]!r}; the study's runs: {', '.join(self.runs)}")
         self.log = log
         self.nproc_per_node = nproc_per_node
+        self.imagenet_dir = from_root(imagenet_dir) if imagenet_dir else None  # real: zero-shot ImageNet-1k val
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._run_outs: dict[tuple[str, int], Path] = {}  # resolving a config reads the dataset manifest
 
@@ -357,6 +359,23 @@ class Study:
         result = transfer_decomposition(student, self.data("synth-flickr"), self.transfer_sets(), images, tokenizer,
                                         test_drawing="flickr", precision=self.profile.eval_precision)
         result.update(run=run_name, seed=seed, profile=self.profile.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+        return result
+
+    def imagenet(self, run_name: str, seed: int) -> dict:
+        """Zero-shot ImageNet-1k top-1/top-5 of one trained run on ``imagenet_dir`` (real profile; cached in
+        results/imagenet/)."""
+        path = self.run_dir / "results" / "imagenet" / f"{run_name}-{self.run_out(run_name, seed).name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        student, cfg = load_trained_student(self.train(run_name, seed))
+        transform, tokenizer = student_inputs(student.to(self.device), cfg.data.tokenizer, device=self.device)
+        start = time.perf_counter()
+        result = {**imagenet_zero_shot(student, self.imagenet_dir, transform, tokenizer, device=self.device),
+                  "run": run_name, "seed": seed, "folder": str(self.imagenet_dir)}
+        self.log(f"[run] {run_name} seed {seed} · ImageNet zero-shot in {time.perf_counter() - start:.0f} s · "
+                 f"top-1 {result['top1']:.1f}")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(result, indent=2) + "\n")
         return result

@@ -41,6 +41,7 @@ import skimage.data
 import torch
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
+from timm.data import ImageNetInfo
 from transformers import BertConfig, BertForPreTraining
 
 from data_prep.coco_instances import dominant_supercategories
@@ -444,6 +445,21 @@ def write_coco_instances(folder: Path, karpathy_json: Path) -> list[Path]:
         paths.append(folder / f"instances_{split}.json")
         paths[-1].write_text(json.dumps(data))
     return paths
+
+
+def write_imagenet_val(folder: Path) -> Path:
+    """An ImageNet-1k val folder in the layout zero-shot evaluation reads (``<wnid>/*.JPEG``, the 1000 wnids in
+    timm's order): one 48-px crop of a sample photo per class."""
+    info, photos = ImageNetInfo(), [_sample_photo(source, name) for source, name, _ in PHOTOS.values()]
+    for k in range(info.num_classes()):
+        wnid = info.index_to_label_name(k)
+        (folder / wnid).mkdir(parents=True)
+        photo = photos[k % len(photos)]
+        side = min(photo.size) // 2
+        left, top = (k * 37) % (photo.width - side), (k * 53) % (photo.height - side)
+        photo.crop((left, top, left + side, top + side)).resize((48, 48)).save(
+            folder / wnid / f"ILSVRC2012_val_{k + 1:08d}.JPEG", "JPEG", quality=85)
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------- text models

@@ -9,6 +9,7 @@ report without training anything again.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import pytest
 
 from mmd2v2_core.profiles import PROFILES
 
-from real_fixture import build_real_fixture
+from real_fixture import build_real_fixture, write_imagenet_val
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = PROFILES["real"]
@@ -63,7 +64,7 @@ def real(tmp_path_factory):
                                "MASTER_PORT": str(_free_port())})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trained = {p: p.stat().st_mtime_ns for p in (root / "run" / "runs").rglob("model.safetensors")}
-    code, study_log = _study(root, env)
+    code, study_log = _study(root, env, "--imagenet", str(write_imagenet_val(root / "imagenet" / "val")))
     assert code == 0, study_log
     return root, plan_log, plan.read_text(), trained, study_log
 
@@ -72,10 +73,10 @@ def test_missing_data_and_weights_fail_before_training_one_line_each(tmp_path):
     (tmp_path / "notebooks").mkdir()
     empty_cache = tmp_path / "hf"
     code, log = _study(tmp_path, {"HF_HOME": str(empty_cache), "HF_HUB_CACHE": str(empty_cache / "hub"),
-                                  "HF_HUB_OFFLINE": "1"})
+                                  "HF_HUB_OFFLINE": "1"}, "--imagenet", str(tmp_path / "imagenet"))
     assert code == 2
     lines = [line.strip() for line in log.splitlines()[1:] if line.strip()]
-    expected = ["data coco:", "data flickr30k:", "weights d2v2-image:", "weights d2v2-text:", "weights beitv2:",
+    expected = ["data coco:", "data flickr30k:", "data imagenet:", "weights d2v2-image:", "weights d2v2-text:", "weights beitv2:",
                 "weights beitv2-ft:", "weights dino:", "weights bert:", "tokenizer: folder weights/d2v2-text-tokenizer",
                 "tokenizer bert-base-uncased:"]
     for start in expected:
@@ -105,7 +106,7 @@ def test_the_study_after_the_plan_scores_every_run_without_training_again(real):
     for run in REAL.run:
         assert re.search(rf"\[run\] {run} seed 0 · scored in \d+ s · mean recall coco [\d.]+, flickr30k [\d.]+",
                          study_log), run
-    results = list((root / "run" / "results").rglob("*.json"))
+    results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name != "imagenet"]
     assert len(results) == 2 * (len(REAL.runs) + 1)  # every run and the unaligned towers, on COCO and Flickr30K
 
 
@@ -124,8 +125,8 @@ def test_the_report_puts_each_measured_row_under_the_thesis_row(real):
         unaligned = name == "quoted_vs_measured"  # under the thesis' Data2Vec2 row
         assert table.count("| difference (measured − quoted) |") == len(quoted) + unaligned, name
     table1 = (tables / "quoted_vs_measured.md").read_text()
-    assert "| MM-D2V2 (Ours)† | 31.72 | 56.78 | 67.9 |" in table1 and "| Data2Vec2 | 0.02 |" in table1
-    assert "| S-SMKE, DINO teacher | 50.4 | 77.88 | 87.36 |" in (tables / "ablation_teacher_quoted.md").read_text()
+    assert "| MM-D2V2 (Ours)† (thesis) | 31.72 | 56.78 | 67.9 |" in table1 and "| Data2Vec2 (thesis) | 0.02 |" in table1
+    assert "| S-SMKE, DINO teacher (thesis) | 50.4 | 77.88 | 87.36 |" in (tables / "ablation_teacher_quoted.md").read_text()
     # notebook 01 names each run's teacher, target and the weights it found
     assert re.search(r"^\| MM-D2V2 5\+1, D2V2-image teacher \| d2v2-image \| mean \| \S+/weights/base_imagenet.pt \|$",
                      report, re.M)
@@ -133,5 +134,11 @@ def test_the_report_puts_each_measured_row_under_the_thesis_row(real):
         in report
     assert "Still to train: 0 of 10 runs" in report
     assert "t-SNE of" in report and "shares its COCO supercategory" in report  # the map, coloured by instances
+    # zero-shot ImageNet-1k of the two runs notebook 03 classifies with, from the folder the study was given
+    assert "### Zero-shot ImageNet-1k classification" in report and "1,000 validation images" in report
+    for run in ("mmd2v2_6", "smke"):
+        assert re.search(rf"^\| {re.escape(REAL.run[run].label)} \| \d+\.\d\d \| \d+\.\d\d \|$", report, re.M), run
+    scores = [json.loads(p.read_text()) for p in (root / "run" / "results" / "imagenet").glob("*.json")]
+    assert len(scores) == 2 and all(0 <= s["top1"] <= s["top5"] <= 100 and s["images"] == 1000 for s in scores)
     # the findings table: the real claims, judged (one seed: no spread)
     assert "| A BEiT-v2 teacher beats a D2V2-image one (MM-D2V2 5+1) | coco |" in report

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mmd2v2_core.errors import DataError
-from mmd2v2_core.report.tables import (SimpleTable, load_references, load_results, render_csv, render_latex, render_markdown,
-                                       seed_tables, write_tables)
+from mmd2v2_core.report.tables import (SimpleTable, load_references, load_results, quoted_comparison, render_csv,
+                                       render_latex, render_markdown, seed_tables, write_tables)
 
 HERE = Path(__file__).parent
 SHARED = HERE.parents[1] / "shared"
@@ -87,6 +87,17 @@ def test_real_results_join_the_seed_tables():
     rows = list(csv.reader(io.StringIO(render_csv(t1))))
     measured = next(r for r in rows if r[1] == "kit real")
     assert measured[2:8] == ["10.00"] * 6 and measured[8:14] == ["-"] * 6
+
+
+def test_each_measured_row_stands_under_its_thesis_row_with_the_difference():
+    measured = [_result("MM-D2V2 (Ours)†", "coco", 30.0), _result("MM-D2V2 (Ours)†", "flickr30k", 10.0)]
+    table = quoted_comparison(load_references(), measured, {"MM-D2V2 (Ours)†": "mmd2v2_beitv2"})
+    rows = list(csv.reader(io.StringIO(render_csv(table))))
+    thesis = next(r for r in rows if r[1] == "MM-D2V2 (Ours)† (thesis)")
+    kit = next(r for r in rows if r[1] == "MM-D2V2 (Ours)†")
+    difference = next(r for r in rows if r[1] == "difference (measured − quoted)")
+    assert thesis[2:5] == ["31.72", "56.78", "67.9"] and kit[2:5] == ["30.00"] * 3
+    assert difference[2:5] == ["-1.72", "-26.78", "-37.90"] and difference[8] == f"{10 - 7.7:+.2f}"
 
 
 def test_written_formats(tmp_path):

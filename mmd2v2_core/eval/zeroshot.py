@@ -94,7 +94,8 @@ def attribute_zero_shot(model: Encoder, index_dir: str | Path, split: str, image
 
 def imagenet_zero_shot(model: Encoder, val_dir: str | Path, transform: Callable, tokenizer: CaptionTokenizer,
                        batch_size: int = 256, device: str = "cpu", num_workers: int = 4) -> dict[str, float]:
-    """Top-1/top-5 on ImageNet-1k val (``val_dir/<wnid>/*``), OpenAI class names and 80 templates."""
+    """Top-1/top-5 (and the image count) on ImageNet-1k val (``val_dir/<wnid>/*``), OpenAI class names and 80
+    templates."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
     from torchvision.datasets import ImageFolder
 
@@ -111,4 +112,4 @@ def imagenet_zero_shot(model: Encoder, val_dir: str | Path, transform: Callable,
             images.append(model.encode_image(x.to(device)).float())
             labels.append(y)
     protos = class_prototypes(model, tokenizer, IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, device)
-    return zero_shot_accuracy(torch.cat(images), protos, torch.cat(labels), ks=(1, 5))
+    return {**zero_shot_accuracy(torch.cat(images), protos, torch.cat(labels), ks=(1, 5)), "images": len(folder)}

@@ -284,9 +284,27 @@ def comparison_lines(study, claims, claimed: bool = True) -> list[str]:
                                                                                        claims)]
 
 
+def zero_shot_section(study: Study, runs: tuple[str, ...]) -> str:
+    """Zero-shot classification by seed 0 of each run: per scene attribute on synthetic test images; on real data
+    ImageNet-1k, when the study was given its validation folder."""
+    return attribute_section(study, runs) if study.profile.synthetic else imagenet_section(study, runs)
+
+
+def imagenet_section(study: Study, runs: tuple[str, ...]) -> str:
+    lines = ["### Zero-shot ImageNet-1k classification", ""]
+    if study.imagenet_dir is None:
+        return "\n".join([*lines, "Not run: give the study an ImageNet-1k validation folder laid out as "
+                           "`<wnid>/*.JPEG` (`mmd2v2 study --profile real --imagenet <folder>`)."])
+    results = {name: study.imagenet(name, study.profile.seeds[0]) for name in runs}
+    images = next(iter(results.values()))["images"]
+    lines += [f"{images:,} validation images of `{study.imagenet_dir}`; prompts: CLIP's 80 templates × the OpenAI "
+              f"class names, averaged into class prototypes; seed {study.profile.seeds[0]} of each run. Chance: "
+              "top-1 0.1 %, top-5 0.5 %.", "", "| run | top-1 | top-5 |", "|---|---:|---:|"]
+    lines += [f"| {study.labels[name]} | {r['top1']:.2f} | {r['top5']:.2f} |" for name, r in results.items()]
+    return "\n".join(lines)
+
+
 def attribute_section(study: Study, runs: tuple[str, ...]) -> str:
-    if not study.profile.synthetic:  # needs each test image's scene; real photos have none
-        return ""
     lines = ["### Zero-shot attribute classification", "",
              "Single-object `synth-coco` test images, prompts per attribute value averaged into class prototypes "
              "(CLIP-style); seed 0 of each run.", "",

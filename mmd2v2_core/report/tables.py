@@ -189,6 +189,7 @@ def quoted_comparison(references: dict, measured: list[dict], quoted: dict[str, 
         if row is None:
             continue
         ref = reference_row(entries[key])
+        ref = Row(f"{ref.label} (thesis)", ref.cells, ref.source)  # measured rows may carry the same name
         diff = {d: [MISSING if MISSING in (q, m) else f"{float(m) - float(q):+.2f}" for q, m in zip(ref.cells[d], cells)]
                 for d, cells in row.cells.items() if d in ref.cells}
         sections.append((label, [ref, row, Row("difference (measured − quoted)", diff, "computed")]))
