@@ -1,22 +1,29 @@
-"""Training throughput of the embedded preset: cached front end vs the pixel path, and the trainer's overhead.
+"""Training throughput at embedded size: the trainer as it was (a reference commit) against today's, in one run.
 
-    .venv/bin/python bench/bench_train.py [--steps 60] [--batch 128]
+    .venv/bin/python bench/bench_train.py [--steps 60] [--reference 1d71c70]
 
-* samples/s of `mmd2v2 train --config embedded` (targets from the cache) with the frozen front end's outputs
-  cached (`student.frontend_cache`: a step is the trainable blocks only) and on the pixel path (every step decodes
-  JPEGs and runs the frozen EfficientNet-Lite0 stem), on a 2,048-image subset of the synthetic train split;
-* a bare forward + backward + AdamW step of the same student on one pre-collated batch of cached tokens, with
-  the same KD loss — the difference to the trainer's samples/s is what data loading, tokenisation, losses and
-  logging cost;
-* the time to score one checkpoint on both test sets (synth-coco 5K, synth-flickr 1K: 6,000 images, 30,020
-  captions) as the study does it (cached front end, bf16): the first checkpoint of a process tokenises the
-  captions, the next ones reuse them.
+For S-SMKE and MM-D2V2 5+1 (the embedded study's recipes, targets and front end cached, on a 2,048-image subset of
+the synthetic train split):
+
+* the **reference trainer**: the kit at ``--reference`` (checked out into a temporary git worktree and run in its
+  own process) with its own embedded preset — batch 64, fp32, PyTorch's fused attention kernel, captions tokenised
+  every step, cache rows gathered one pair at a time;
+* the **current trainer** with the current embedded preset (its batch, ``optim.precision=auto``);
+* the current trainer's **bare step**: the same model, objective and optimiser on one batch already in memory —
+  what the trainer's data, logging and bookkeeping add is the difference;
+* achieved GFLOP/s (FLOPs of one step counted by ``torch.utils.flop_counter``) against this machine's measured
+  matmul peak in fp32 and bf16.
+
+Also the time to score one checkpoint on both test sets as the study does it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,19 +31,33 @@ from pathlib import Path
 import torch
 from bench_targets import subset_index
 from common import machine, write_section
+from torch.utils.flop_counter import FlopCounterMode
 
 from data_prep.synth import generate
 from mmd2v2_core.config import load_config
 from mmd2v2_core.data.index import read_split
 from mmd2v2_core.data.tokenizer import CaptionTokenizer
 from mmd2v2_core.eval.embed import evaluate_retrieval, student_inputs
-from mmd2v2_core.losses import kd_regression_loss
-from mmd2v2_core.student.presets import build_student, get_preset
-from mmd2v2_core.teachers.cache import build_cache
+from mmd2v2_core.runs import SYNTHETIC_RUNS
+from mmd2v2_core.student.frontend_cache import CachedFrontEnd
+from mmd2v2_core.student.presets import preset_from_config, student_from_config
+from mmd2v2_core.teachers.cache import TargetCache, build_cache
 from mmd2v2_core.teachers.inspect import preprocess_of
 from mmd2v2_core.teachers.registry import create_teacher
 from mmd2v2_core.train.checkpoint import find_checkpoint, load_trained_student
+from mmd2v2_core.train.data import CachedPairs
+from mmd2v2_core.train.loop import resolve_precision, train
+from mmd2v2_core.teachers.whitening import TargetWhitening
+from mmd2v2_core.train.objective import Objective, Trainable
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"S-SMKE": "smke", "MM-D2V2 5+1": "mmd2v2_6"}
+REFERENCE_TRAIN = """
+import sys
+from mmd2v2_core.config import load_config
 from mmd2v2_core.train.loop import train
+train(load_config("embedded", sys.argv[1:]))
+"""
 
 
 def trainer_rate(metrics: Path) -> float:
@@ -44,44 +65,113 @@ def trainer_rate(metrics: Path) -> float:
     return sum(rates[1:]) / len(rates[1:])  # the first window includes start-up
 
 
+def matmul_peak(dtype: torch.dtype, m: int = 4096, k: int = 4096, n: int = 4096, repeats: int = 5) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+def run_reference(worktree: Path, overrides: list[str]) -> None:
+    """Train with the reference commit's code: its package first on the path, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(worktree)}
+    done = subprocess.run([sys.executable, "-c", REFERENCE_TRAIN, *overrides], cwd=worktree, env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"reference trainer failed:\n{done.stderr[-3000:]}")
+
+
+def bare_step(cfg, steps: int) -> tuple[float, float]:
+    """(pairs/s, GFLOP per step) of forward + backward + AdamW on one batch in memory, as the trainer computes it."""
+    device = torch.device("cpu")
+    precision = resolve_precision(cfg.optim.precision, device)
+    targets = TargetCache(cfg.teacher.cache) if cfg.teacher.name != "none" else None
+    dim, whitening = (targets.dim if targets else 0), None
+    if targets is not None and cfg.teacher.whiten:  # MM-D2V2: its CLS regresses the target whitened to its width
+        dim = preset_from_config(cfg.student).config.width
+        whitening = TargetWhitening.fit(torch.nn.functional.layer_norm(targets.all(), (targets.dim,)), dim)
+    torch.manual_seed(cfg.optim.seed)
+    student, _ = student_from_config(cfg, kd_dim=dim)
+    model = Trainable(student, Objective(cfg, dim))
+    source = CachedFrontEnd(student, cfg.student.frontend_cache)
+    views = [source.cache(cfg.data.root, "train", v) for v in range(1 + cfg.data.rendering_views)]
+    tokenizer = CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len)
+    pairs = CachedPairs(read_split(cfg.data.root, "train"), views, student.image_embed.token_dim, tokenizer)
+    batch = pairs.batch([(0, i, i) for i in range(cfg.optim.batch_size)])
+    target = None
+    if targets is not None:
+        target = torch.nn.functional.layer_norm(targets.lookup(batch["image_id"].tolist()), (targets.dim,))
+        target = whitening(target) if whitening is not None else target
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step():
+        with autocast:
+            loss = model(batch["images"], batch["input_ids"], batch["attention_mask"], target)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    for i in range(steps + 2):
+        if i == 2:
+            start = time.perf_counter()
+        step()
+    return cfg.optim.batch_size * steps / (time.perf_counter() - start), counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--workers", type=int, default=1, help="data loader processes (the embedded preset's: 1)")
+    parser.add_argument("--reference", default="1d71c70", help="the commit whose trainer is 'as it was'")
     args = parser.parse_args()
     domains = generate(args.data / "embedded", "embedded")
     data = domains["synth-coco"]
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print("matmul peak GFLOP/s:", {k: round(v) for k, v in peaks.items()})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        index = subset_index(data, 2048, tmp / "index")
-        # the val split of the subset index is its train split: validation is not what is measured here
-        (tmp / "index" / "val.jsonl").write_text((tmp / "index" / "train.jsonl").read_text())
-        manifest = json.loads((tmp / "index" / "manifest.json").read_text())
-        manifest["splits"]["val"] = manifest["splits"]["train"]
-        (tmp / "index" / "manifest.json").write_text(json.dumps(manifest))
-        teacher = create_teacher("efficientnet-lite0")
-        start = time.perf_counter()
-        build_cache(teacher, "pooled", index, "train", tmp / "cache", preprocess_of(teacher, 64), batch_size=64)
-        cache_seconds = time.perf_counter() - start
-        common = [f"data.root={index}", f"optim.steps={args.steps}", f"optim.batch_size={args.batch}",
-                  "run.val_every=100000", "run.checkpoint_every=100000", "run.log_every=5", "run.tensorboard=false",
-                  f"data.num_workers={args.workers}", f"teacher.cache={tmp / 'cache'}"]
-        paths = (("cached front end", [f"student.frontend_cache={tmp / 'frontend'}", "data.num_workers=0"]),
-                 ("pixel path", ["data.rendering_views=0"]))
-        for name, extra in paths:
-            if name == "cached front end":  # built once, before the clock: a study builds it in notebook 01
-                cfg = load_config("embedded", [*common, f"run.out_dir={tmp / 'warm'}", *extra, "optim.steps=1"])
+        worktree = tmp / "reference"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.reference],
+                       check=True, capture_output=True)
+        try:
+            index = subset_index(data, 2048, tmp / "index")
+            # the val split of the subset index is its train split: validation is not what is measured here
+            (tmp / "index" / "val.jsonl").write_text((tmp / "index" / "train.jsonl").read_text())
+            manifest = json.loads((tmp / "index" / "manifest.json").read_text())
+            manifest["splits"]["val"] = manifest["splits"]["train"]
+            (tmp / "index" / "manifest.json").write_text(json.dumps(manifest))
+            teacher = create_teacher("efficientnet-lite0")
+            build_cache(teacher, "pooled", index, "train", tmp / "cache", preprocess_of(teacher, 64), batch_size=64)
+            common = [f"data.root={index}", "run.val_every=100000", "run.checkpoint_every=100000", "run.log_every=5",
+                      "run.tensorboard=false", "data.num_workers=0", f"teacher.cache={tmp / 'cache'}",
+                      f"student.frontend_cache={tmp / 'frontend'}"]
+            # the front end's cache (4 views), built once before the clock, as notebook 01 does
+            train(load_config("embedded", [*common, f"run.out_dir={tmp / 'warm'}", "optim.steps=1"]))
+            for label, run in RECIPES.items():
+                recipe = list(next(r for r in SYNTHETIC_RUNS if r.name == run).overrides)
+                out = tmp / f"{run}-reference"
+                run_reference(worktree, [*common, *recipe, f"run.out_dir={out}", f"optim.steps={args.steps}"])
+                reference = trainer_rate(out / "metrics.jsonl")
+                cfg = load_config("embedded", [*common, *recipe, f"run.out_dir={tmp / run}",
+                                               f"optim.steps={args.steps}"])
                 train(cfg)
-            cfg = load_config("embedded", [*common, f"run.out_dir={tmp / name.split()[0]}", *extra])
-            train(cfg)
-            rate = trainer_rate(tmp / name.split()[0] / "metrics.jsonl")
-            rows.append((name, rate))
-            print(name, f"{rate:.1f} samples/s")
+                current = trainer_rate(tmp / run / "metrics.jsonl")
+                bare, gflop = bare_step(cfg, args.steps // 2)
+                precision = resolve_precision(cfg.optim.precision, torch.device("cpu"))
+                rows.append((label, reference, current, bare, gflop / cfg.optim.batch_size, cfg.optim.batch_size,
+                             precision))
+                print(label, f"reference {reference:.0f}, current {current:.0f}, bare {bare:.0f} pairs/s")
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
+                           capture_output=True)
 
-        scored, _ = load_trained_student(find_checkpoint(tmp / "cached", "latest"))
+        scored, _ = load_trained_student(find_checkpoint(tmp / "smke", "latest"))
         images, tokenizer = student_inputs(scored, cfg.data.tokenizer, tmp / "frontend")
         for domain in domains.values():  # the test splits' front end, built once before the clock (notebook 01)
             images.cache(domain, "test")
@@ -93,41 +183,29 @@ def main() -> None:
             score_seconds.append(time.perf_counter() - start)
         print("scoring one checkpoint: first {:.1f} s, then {:.1f} s".format(*score_seconds))
 
-        student, _ = build_student(get_preset("mmd2v2_6", "embedded"))
-        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True)  # as the trainer
-        tokens = student.image_embed.frozen(torch.randn(args.batch, 3, 64, 64)).detach()
-        # the first batch of real training captions, padded to its longest as the trainer does
-        captions = [c for r in read_split(index, "train")[: args.batch] for c in r.captions[:1]]
-        tokenized = CaptionTokenizer(cfg.data.tokenizer, max_length=student.cfg.max_text_len)(captions)
-        ids, mask = tokenized["input_ids"], tokenized["attention_mask"]
-        target = torch.randn(args.batch, 128)
-        for i in range(args.steps // 2 + 2):
-            if i == 2:
-                start = time.perf_counter()
-            out = student(tokens, ids, mask)
-            loss = kd_regression_loss(out["image_kd"], out["text_kd"], target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        bare = args.batch * (args.steps // 2) / (time.perf_counter() - start)
-        print(f"bare step {bare:.1f} samples/s")
-    cached, pixels = rows[0][1], rows[1][1]
+    table = []
+    for label, reference, current, bare, mflop, batch, precision in rows:
+        achieved = current * mflop
+        table.append(f"| {label} | {reference:.0f} | {current:.0f} (batch {batch}, {precision}) | "
+                     f"×{current / reference:.2f} | {bare:.0f} | {100 * (bare / current - 1):.0f} % | "
+                     f"{mflop * 1e3:.0f} | {achieved:.0f} ({100 * achieved / peaks[precision]:.0f} % of {precision} peak) |")
     write_section("train", "\n".join([
-        "## Training throughput, embedded preset (`bench/bench_train.py`)",
+        "## Training throughput, embedded size (`bench/bench_train.py`)",
         "",
-        f"MM-D2V2 at embedded size (frozen EfficientNet-Lite0 stem + MiniLM word embeddings, 2+1 blocks, width 128), "
-        f"KD = MSE on whitened EfficientNet-Lite0 pooled features (cached); global batch {args.batch}, {args.steps} "
-        f"steps, fp32; {machine()}.",
+        f"The embedded study's recipes with targets and front end cached, {args.steps} steps each, on a 2,048-image "
+        f"subset of the synthetic train split; {machine()}. Reference: the trainer at commit `{args.reference}` with "
+        "its own embedded preset (batch 64, fp32, fused attention kernel, captions tokenised every step, cache rows "
+        "gathered per pair), run in the same benchmark. Current: today's trainer and embedded preset. Bare step: "
+        "today's model, objective and AdamW on one batch already in memory. FLOPs per pair counted by "
+        f"`torch.utils.flop_counter` on one step. Measured matmul peak of this machine (4096³): fp32 "
+        f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.",
         "",
-        "| what | samples/s |",
-        "|---|---:|",
-        f"| trainer, cached front end (the embedded study's path) | {cached:.1f} |",
-        f"| trainer, pixel path (decode + frozen stem every step) | {pixels:.1f} |",
-        f"| bare forward + backward + AdamW step, one pre-collated batch of cached tokens | {bare:.1f} |",
+        "| recipe | reference trainer, pairs/s | current trainer, pairs/s | speed-up | bare step, pairs/s | "
+        "trainer overhead over the bare step | MFLOP per pair | achieved GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *table,
         "",
-        f"Cached front end vs pixel path: ×{cached / pixels:.2f} (target ≥ 5). Trainer overhead over the bare step "
-        f"(data loading, tokenisation, losses, logging): {100 * (bare / cached - 1):.0f} % more time per sample "
-        f"(target ≤ 10 %). Building the target cache for the 2,048 images took {cache_seconds:.0f} s.",
+        "Targets: current ≥ 3× the reference for S-SMKE; trainer overhead ≤ 10 %.",
         "",
         f"Scoring one checkpoint on both test sets (synth-coco 5K + synth-flickr 1K: 6,000 images, 30,020 captions; "
         f"cached front end, bf16): {score_seconds[0]:.1f} s for the first checkpoint of a process (it tokenises the "

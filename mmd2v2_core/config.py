@@ -94,7 +94,10 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
     clip: float = 1.0  # gradient-norm clipping (0: off)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a gradient scaler; CPU runs use fp32 or bf16)
+    # fp32 | bf16 | fp16 (fp16 uses a gradient scaler; CPU runs use fp32 or bf16) | auto: bf16 where the device
+    # computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32; the run's config.yaml records
+    # what it resolved to
+    precision: str = "fp32"
     grad_checkpointing: bool = False
     seed: int = 0
 
@@ -181,7 +184,7 @@ def limits() -> dict[str, Range | tuple[str, ...]]:
         "optim.weight_decay": Range(0),
         "optim.warmup": Range(0, 1, "[)"),
         "optim.clip": Range(0),
-        "optim.precision": ("fp32", "bf16", "fp16"),
+        "optim.precision": ("fp32", "bf16", "fp16", "auto"),
         "optim.seed": Range(0, 2**32 - 1),  # what numpy and the sampler's generator accept
         "run.checkpoint_every": Range(1),
         "run.val_every": Range(0),

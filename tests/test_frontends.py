@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from mmd2v2_core.data.tokenizer import CaptionTokenizer
 from mmd2v2_core.student.frontends import StemFrontEnd
 from mmd2v2_core.student.model import MultimodalStudent
 from mmd2v2_core.student.presets import build_student, get_preset
@@ -141,7 +142,21 @@ def test_cached_pairs_draw_views_reproducibly(smoke_data, tmp_path):
     source = CachedFrontEnd(student, tmp_path, num_workers=1)
     views = [source.cache(data, "train", v) for v in range(3)]
     assert not torch.equal(views[0].all(), views[1].all())
-    pairs = CachedPairs(read_split(data, "train"), views, student.image_embed.token_dim, seed=0)
-    drawn = [pairs[(0, position, 0)]["image"] for position in range(12)]
-    assert torch.equal(drawn[5], pairs[(0, 5, 0)]["image"])
+    records = read_split(data, "train")
+    tokenizer = CaptionTokenizer(max_length=student.cfg.max_text_len)
+    pairs = CachedPairs(records, views, student.image_embed.token_dim, tokenizer, seed=0)
+    drawn = pairs.batch([(0, position, 0) for position in range(12)])["images"]
+    assert torch.equal(drawn[5], pairs.batch([(0, 5, 0)])["images"][0])
     assert len({tuple(t.flatten()[:4].tolist()) for t in drawn}) > 1  # several views of the same image
+    # a batch is what the per-item path gave: each pair's view row of its image, its caption tokenised
+    keys = [(1, position, index) for position, index in enumerate((3, 0, 7, 3, 11))]
+    batch = pairs.batch(keys)
+    captions = [c for r in records for c in r.captions]
+    image_ids = [r.image_id for r in records for _ in r.captions]
+    assert torch.equal(batch["image_id"], torch.tensor([image_ids[k[2]] for k in keys]))
+    for row, (epoch, position, index) in enumerate(keys):
+        view = views[pairs.view_of(epoch, position)]
+        assert torch.equal(batch["images"][row].flatten(), view.lookup([image_ids[index]])[0])
+    expected = tokenizer([captions[k[2]] for k in keys])
+    assert torch.equal(batch["input_ids"], expected["input_ids"])
+    assert torch.equal(batch["attention_mask"], expected["attention_mask"])

@@ -258,3 +258,21 @@ def test_text_by_length_groups_gives_the_padded_batchs_outputs_in_order():
         grouped, grouped_hidden = student.text_cls_by_length(ids, mask, return_hidden=True, groups=3)
     torch.testing.assert_close(grouped, cls, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grouped_hidden, hidden, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_attention_matches_the_fused_kernel_with_bias_and_padding():
+    from mmd2v2_core.student.blocks import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 9, 8, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.randn(4, 9, 9, generator=g)[None] + torch.zeros(3, 1, 1, 9).masked_fill(
+        torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1], dtype=torch.bool), float("-inf"))
+    explicit = attend(q, k, v, mask)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(explicit.sum(), (q, k, v))
+    torch.testing.assert_close(grads, torch.autograd.grad(fused.sum(), (q, k, v)), atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products, fp32 softmax: close to the fp32 result
+        half = attend(q, k, v, mask)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), fused, atol=3e-2, rtol=3e-2)

@@ -2,8 +2,8 @@
 
 ``RetrievalSplit``: the evaluation view — unique images, all captions, and for each caption the row of
 its image (``text_to_image``), which is exactly what the retrieval metric consumes. The training pairs (one per
-caption, as the thesis' 566,747 COCO pairs) are ``mmd2v2_core.train.data.TrainPairs`` / ``CachedPairs``, or a
-WebDataset stream; ``PairCollator`` batches any of them, tokenising a whole batch at once.
+caption, as the thesis' 566,747 COCO pairs) are ``mmd2v2_core.train.data.TrainPairs`` or a WebDataset stream, which
+``PairCollator`` batches, tokenising a whole batch at once — or ``CachedPairs``, which gathers whole batches itself.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ tokenizer can be named instead, by hub name (needs the network or the HF cache) 
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,3 +72,38 @@ class CaptionTokenizer:
         enc = self.hf(list(captions), padding=self.pad_to, truncation=True, max_length=self.max_length,
                       return_attention_mask=True, return_token_type_ids=False, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def tokenize_all(self, captions: list[str]) -> "TokenizedCaptions":
+        """Every caption of a split at once (a training run then gathers rows instead of tokenising each step: 4 ms
+        of a 78 ms embedded step). The last few splits are kept: a study trains dozens of runs on one split."""
+        digest = hashlib.sha256("\0".join(captions).encode()).hexdigest()
+        key = (self.name, self.max_length, digest)
+        if key not in _SPLITS:
+            enc = self(captions)
+            _SPLITS[key] = TokenizedCaptions(enc["input_ids"], enc["attention_mask"].sum(1))
+            while len(_SPLITS) > 4:
+                _SPLITS.popitem(last=False)
+        _SPLITS.move_to_end(key)
+        return _SPLITS[key]
+
+
+@dataclass(frozen=True)
+class TokenizedCaptions:
+    """A split's captions tokenised once: ``input_ids`` [N, L] padded to the longest, ``lengths`` [N]."""
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, rows) -> dict[str, torch.Tensor]:
+        """The rows as one batch, padded to its own longest caption: what ``CaptionTokenizer`` gives for them."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        lengths = self.lengths[rows]
+        longest = int(lengths.max())
+        mask = torch.arange(longest) < lengths[:, None]
+        return {"input_ids": self.input_ids[rows, :longest], "attention_mask": mask.to(self.input_ids.dtype)}
+
+
+_SPLITS: OrderedDict = OrderedDict()  # (tokenizer, max length, captions digest) → TokenizedCaptions

@@ -51,8 +51,21 @@ class Attention(nn.Module):
             pad = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=x.device).masked_fill(
                 key_padding[:, None, None, :], float("-inf"))
             mask = pad if mask is None else mask + pad
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(b, q.shape[2], d))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + mask)·v. PyTorch's fused kernel, except on a CPU, where for the kit's short sequences
+    (17 image tokens, ≤ 48 caption tokens) the explicit product is faster: 10 % in fp32, and under bf16 autocast
+    the fused kernel's backward took 19 ms a call against 3.5 ms in fp32 (embedded S-SMKE step at batch 256:
+    bf16 with the fused kernel 509 pairs/s, with the explicit product 1,040). The softmax runs in fp32."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores + mask
+    return scores.float().softmax(-1).to(v.dtype) @ v
 
 
 class Mlp(nn.Module):

@@ -15,6 +15,9 @@ rank r computes shards r, r + world, r + 2·world … (CC3M/CC12M scale).
 
 Targets come from one fixed, un-augmented view per image (the evaluation resize); training with
 augmented views needs the online teacher instead (``train`` keeps both paths).
+
+The same format holds a text model's features of every caption of a split (``build_caption_cache``: row r is
+caption r of the split, ``ids.npy`` the caption rows), for the closed-form baselines on real data.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..data.datasets import ImageSet
 from ..data.images import open_rgb
 from ..data.index import load_manifest, read_split, write_text_atomic
+from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import DataError, clean_worker_errors
 from ..progress import progress
@@ -123,13 +127,42 @@ def build_feature_cache(extract: Callable[[torch.Tensor], torch.Tensor], fp: dic
     """One row per image of a split: ``extract`` (a frozen network: teacher targets, a student's frozen front end)
     applied to the evaluation view (or to ``images``, a dataset over the split's records yielding another view),
     flattened, stored as fp16 shards under the fingerprint ``fp``."""
-    out_dir = Path(out_dir)
     records = read_split(index_dir, split)
-    n, n_shards = len(records), -(-len(records) // shard_size)
+    probe = {"image": eval_transform(preprocess)(_first_image(records))[None]}
+    images = images if images is not None else ImageSet(records, eval_transform(preprocess))
+    return _write_cache(lambda batch: extract(batch["image"].to(device)), fp, [r.image_id for r in records], images,
+                        probe, out_dir, batch_size, shard_size, num_workers, overwrite, desc)
+
+
+@torch.no_grad()
+def build_caption_cache(teacher: Teacher, kind: str, tokenizer: CaptionTokenizer, index_dir: str | Path, split: str,
+                        out_dir: str | Path, batch_size: int = 256, shard_size: int = 65536, device: str = "cpu",
+                        overwrite: bool = False) -> CacheBuild:
+    """A text model's ``kind`` features (``targets.py``: ``cls``, ``mean`` …) of every caption of a split, in the
+    split's caption order."""
+    captions = [c for r in read_split(index_dir, split) for c in r.captions]
+    teacher = teacher.to(device)
+
+    def features(tokens: dict) -> torch.Tensor:
+        return compute_target(teacher(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)), kind)
+
+    fp = {"teacher": teacher.spec.name + (" (tiny random-init)" if teacher.tiny else ""),
+          "weights_sha256": teacher.weight_hash(), "target": kind, "rows": "captions",
+          "tokenizer": {"name": tokenizer.name, "max_length": tokenizer.max_length},
+          "dataset": dataset_fingerprint(index_dir, split)}
+    return _write_cache(features, fp, range(len(captions)), captions, tokenizer(captions[:1]), out_dir, batch_size,
+                        shard_size, 0, overwrite, f"caption features {kind}", collate=tokenizer)
+
+
+def _write_cache(extract: Callable, fp: dict, ids, rows: Dataset, probe, out_dir: str | Path, batch_size: int,
+                 shard_size: int, num_workers: int, overwrite: bool, desc: str, collate=None) -> CacheBuild:
+    """``extract`` (a batch of ``rows`` as ``collate`` makes it → [B, …]) on every row, flattened, in fp16 shards;
+    row r has id ``ids[r]``; ``probe``: one batch, to read the feature size off."""
+    out_dir = Path(out_dir)
+    n, n_shards = len(rows), -(-len(rows) // shard_size)
     rank, world = _dist_rank_world()
-    probe = extract(eval_transform(preprocess)(_first_image(records))[None].to(device)).flatten(1)
     meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "fingerprint": fp, "items": n,
-            "dim": probe.shape[1], "shard_size": shard_size, "shards": n_shards}
+            "dim": extract(probe).flatten(1).shape[1], "shard_size": shard_size, "shards": n_shards}
     meta_path = out_dir / "meta.json"
     diff = ["no meta.json yet"]
     if meta_path.is_file():
@@ -145,7 +178,7 @@ def build_feature_cache(extract: Callable[[torch.Tensor], torch.Tensor], fp: dic
     if rank == 0 and (diff or not (out_dir / "ids.npy").is_file()):  # a complete cache's files stay untouched
         write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
         ids_tmp = out_dir / f".ids.tmp{os.getpid()}.npy"
-        np.save(ids_tmp, np.array([r.image_id for r in records], dtype=np.int64))
+        np.save(ids_tmp, np.array(list(ids), dtype=np.int64))
         os.replace(ids_tmp, out_dir / "ids.npy")
 
     if world == 1:  # half-written files of a killed run (ranks of a live distributed run may be writing theirs)
@@ -154,15 +187,14 @@ def build_feature_cache(extract: Callable[[torch.Tensor], torch.Tensor], fp: dic
     mine = [s for s in range(rank, n_shards, world)]
     todo = [s for s in mine if _shard_problem(_shard_path(out_dir, s), min(shard_size, n - s * shard_size),
                                               meta["dim"])]
-    images = images if images is not None else ImageSet(records, eval_transform(preprocess))
     bar = progress(total=sum(min(shard_size, n - s * shard_size) for s in todo), desc=desc)
     for s in todo:
-        rows = range(s * shard_size, min((s + 1) * shard_size, n))
         chunks = []
-        for batch in clean_worker_errors(DataLoader(Subset(images, rows), batch_size=batch_size,
-                                                    num_workers=num_workers)):
-            chunks.append(extract(batch["image"].to(device)).flatten(1).cpu())
-            bar.update(len(batch["image"]))
+        for batch in clean_worker_errors(DataLoader(Subset(rows, range(s * shard_size, min((s + 1) * shard_size, n))),
+                                                    batch_size=batch_size, num_workers=num_workers,
+                                                    collate_fn=collate)):
+            chunks.append(extract(batch).flatten(1).cpu())
+            bar.update(len(chunks[-1]))
         path = _shard_path(out_dir, s)
         tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
         np.save(tmp, torch.cat(chunks).numpy().astype(np.float16))
@@ -237,8 +269,13 @@ class TargetCache:
         """float32 [B, D] targets of these image ids."""
         size = self.meta["shard_size"]
         try:
-            rows = [self.row_of[int(i)] for i in image_ids]
+            rows = np.array([self.row_of[int(i)] for i in image_ids], dtype=np.int64)
         except KeyError as exc:
             raise DataError(f"{self.folder}: image id {exc.args[0]} is not in this cache "
                             f"({self.meta['fingerprint']['dataset']})") from None
-        return torch.from_numpy(np.stack([self.shards[r // size][r % size] for r in rows]).astype(np.float32))
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        shard_of = rows // size
+        for s in np.unique(shard_of):  # one gather per shard, not one per row: a training batch is one call
+            here = shard_of == s
+            out[here] = self.shards[s][rows[here] % size]
+        return torch.from_numpy(out)

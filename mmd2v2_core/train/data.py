@@ -92,27 +92,35 @@ class TrainPairs(Dataset):
         return item
 
 
-class CachedPairs(Dataset):
-    """Item (epoch, position, index) → (the image's cached front-end tokens, one caption): nothing is decoded,
-    so a step costs only the trainable blocks. With several cached views (the evaluation view and rendering-
-    augmented ones) each pair takes one, drawn from (seed, epoch, position) so resuming stays exact."""
+class CachedPairs:
+    """A batch of keys (epoch, position, index) → the images' cached front-end tokens and the captions' token ids,
+    gathered for the whole batch at once: nothing is decoded or tokenised during training, so a step costs only
+    the trainable blocks. With several cached views (the evaluation view and rendering-augmented ones) each pair
+    takes one, drawn from (seed, epoch, position), so resuming stays exact and ranks agree."""
 
-    def __init__(self, records: list[ImageRecord], views: list, token_dim: int, seed: int = 0):
-        self.records, self.views, self.token_dim, self.seed = records, views, token_dim, seed  # views: caches by id
-        self.pairs = [(i, j) for i, r in enumerate(records) for j in range(len(r.captions))]
+    def __init__(self, records: list[ImageRecord], views: list, token_dim: int, tokenizer, seed: int = 0):
+        self.views, self.token_dim, self.seed = views, token_dim, seed  # views: caches by id
+        pairs = [(r.image_id, caption) for r in records for caption in r.captions]
+        self.image_ids = np.array([image_id for image_id, _ in pairs], dtype=np.int64)
+        self.tokens = tokenizer.tokenize_all([caption for _, caption in pairs])
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.image_ids)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> dict:
-        epoch, position, index = key
-        i, j = self.pairs[index]
-        record = self.records[i]
-        view = 0
-        if len(self.views) > 1:
-            view = int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0]) % len(self.views)
-        tokens = self.views[view].lookup([record.image_id])[0].view(-1, self.token_dim)
-        return {"image": tokens, "caption": record.captions[j], "image_id": record.image_id}
+    def view_of(self, epoch: int, position: int) -> int:
+        if len(self.views) == 1:
+            return 0
+        return int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0]) % len(self.views)
+
+    def batch(self, keys: list[tuple[int, int, int]]) -> dict:
+        index = np.array([k[2] for k in keys], dtype=np.int64)
+        views = np.array([self.view_of(epoch, position) for epoch, position, _ in keys])
+        image_ids = self.image_ids[index]
+        images = torch.empty(len(keys), self.views[0].dim // self.token_dim, self.token_dim)
+        for v in np.unique(views):
+            here = views == v
+            images[torch.from_numpy(here)] = self.views[v].lookup(image_ids[here]).view(-1, *images.shape[1:])
+        return {"images": images, **self.tokens.take(index), "image_id": torch.from_numpy(image_ids)}
 
 
 def skipped_images(log: Path) -> list[dict]:

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -98,6 +98,17 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 # tokens, temperatures — the original's "no decay for 1-D, bias, *embeddings*"; the patch-embedding convolution
 # (``image_embed.proj``) is a weight like any other and decays, as it did there.
 NO_DECAY = ("pos_embed", "cls_token", "type_", "text_embed.position", "text_embed.word", "log_scale")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 where the device computes it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX:
+    the embedded S-SMKE step runs 1.8× faster than in fp32 there), fp32 elsewhere; other values as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return "bf16" if native else "fp32"
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -195,8 +206,9 @@ class _Targets:
         return self.whitening(target) if self.whitening is not None else target
 
 
-def evaluate_val(student: nn.Module, split: RetrievalSplit, images, tokenizer, device) -> dict:
-    emb = embed_split(student, split, images, tokenizer, batch_size=256, device=device)
+def evaluate_val(student: nn.Module, split: RetrievalSplit, images, tokenizer, device, precision: str = "fp32") -> dict:
+    emb = embed_split(student, split, images, tokenizer, batch_size=256, device=device,
+                      precision="bf16" if precision == "bf16" else "fp32")
     return recall_at_k(emb.image, emb.text, emb.text_to_image)
 
 
@@ -253,6 +265,7 @@ class _Logger:
 def train(cfg: TrainConfig) -> TrainResult:
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
+    cfg = replace(cfg, optim=replace(cfg.optim, precision=resolve_precision(cfg.optim.precision, device)))
     if not cfg.data.root:
         raise ConfigError("data.root is not set: point it at a prepared dataset (manifest.json)")
     out_dir = Path(cfg.run.out_dir)
@@ -278,7 +291,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                               "an online teacher needs the pixels of every step")
         frontend = CachedFrontEnd(student, cfg.student.frontend_cache, device, num_workers=cfg.data.num_workers)
         views = [frontend.cache(cfg.data.root, cfg.data.train_split, v) for v in range(1 + cfg.data.rendering_views)]
-        dataset = CachedPairs(records, views, student.image_embed.token_dim, cfg.optim.seed)
+        dataset = CachedPairs(records, views, student.image_embed.token_dim, tokenizer, cfg.optim.seed)
         val_images = frontend
     else:
         dataset = TrainPairs(records, cfg.data.crop_scale, cfg.data.hflip, View(view.size, view.mean, view.std),
@@ -295,7 +308,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.optim.precision == "bf16" else
                 torch.autocast("cuda", dtype=torch.float16) if use_scaler else nullcontext())
 
-    step, best, val_history = 0, -1.0, []
+    step, best, val_history, tick = 0, -1.0, [], time.perf_counter()
     resume_from = find_checkpoint(out_dir, cfg.run.resume)
     if resume_from is not None:
         check_compatible(resume_from, to_dict(cfg))
@@ -327,7 +340,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                                   "resumed_from": str(resume_from) if resume_from else ""})
 
     def validate() -> dict:
-        metrics = evaluate_val(student, val_split, val_images, tokenizer, device)
+        nonlocal tick
+        start = time.perf_counter()
+        metrics = evaluate_val(student, val_split, val_images, tokenizer, device, cfg.optim.precision)
+        tick += time.perf_counter() - start  # pairs/s counts training only
         val_history.append({"step": step, **metrics})
         logger.log(step, "val", metrics)
         model.train()
@@ -345,11 +361,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         validate()  # the untrained student: the baseline every later score is read against
     sampler = StepSampler(len(dataset), cfg.optim.batch_size // cfg.optim.accum, cfg.optim.steps * cfg.optim.accum,
                           cfg.optim.seed, rank, world, start_step=step * cfg.optim.accum)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PairCollator(tokenizer),
-                        num_workers=cfg.data.num_workers, persistent_workers=False, worker_init_fn=_ignore_interrupts)
+    if isinstance(dataset, CachedPairs):  # whole batches gathered from memory: nothing for loader processes to do
+        batches = map(dataset.batch, sampler)
+    else:
+        batches = clean_worker_errors(DataLoader(dataset, batch_sampler=sampler, collate_fn=PairCollator(tokenizer),
+                                                 num_workers=cfg.data.num_workers, persistent_workers=False,
+                                                 worker_init_fn=_ignore_interrupts))
     bar = progress(total=cfg.optim.steps, initial=step, desc="train", disable=rank != 0)
     model.train()
-    batches, tick, last_good = clean_worker_errors(loader), time.perf_counter(), None
+    tick, last_good = time.perf_counter(), None  # the clock of the pairs/s windows starts with training
     try:
         while step < cfg.optim.steps:
             optimizer.zero_grad(set_to_none=True)

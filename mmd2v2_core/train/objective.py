@@ -71,5 +71,8 @@ class Trainable(nn.Module):
 
     def forward(self, images, input_ids, attention_mask, targets):
         out = self.student(images, input_ids, attention_mask)
-        return self.objective(out, targets)
+        # The losses run in fp32 whatever precision the student ran in: bf16 similarities (3 significant digits)
+        # times an ITC scale of up to 100 would blur every logit by about ±0.4.
+        with torch.autocast(images.device.type, enabled=False):
+            return self.objective({k: v.float() for k, v in out.items()}, targets)
 
