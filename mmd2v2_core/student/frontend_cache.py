@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from ..data.datasets import RetrievalSplit
 from ..data.images import open_rgb
 from ..data.index import load_manifest, read_split
-from ..data.rendering import render_augment
+from ..data.rendering import VERSION as RENDERING_VERSION, render_augment
 from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import ConfigError, DataError
 from ..teachers.cache import TargetCache, build_feature_cache, dataset_fingerprint
@@ -86,7 +86,7 @@ class CachedFrontEnd:
         return {"frontend": self.front.describe(), "weights_sha256": self.weights,
                 "preprocess": {"size": self.preprocess.size, "mean": list(self.preprocess.mean),
                                "std": list(self.preprocess.std), "resize": "bicubic, square, no crop"},
-                "view": "evaluation" if view == 0 else f"rendering augmentation, seed {view}",
+                "view": "evaluation" if view == 0 else f"rendering augmentation v{RENDERING_VERSION}, seed {view}",
                 "dataset": dataset_fingerprint(index_dir, split)}
 
     def cache(self, index_dir: str | Path, split: str, view: int = 0) -> TargetCache:
