@@ -63,5 +63,14 @@ REAL_RUNS = [
             "smke_no_teacher"),
 ]
 
-# Rows that are not training runs: the towers before any training, and the trivial non-neural baseline.
-EXTRA_LABELS = {"unaligned": "Unaligned towers (step 0)", "cca": "Trivial baseline: 16×16 thumbnails + bag of words, CCA"}
+# Rows that are not training runs: the towers before any training, and the closed-form baselines (study.py): the
+# trivial one on thumbnails, and the strong ones on the frozen features the students start from.
+EXTRA_LABELS = {
+    "unaligned": "Unaligned towers (step 0)",
+    "cca": "Trivial baseline: 16×16 thumbnails + bag of words, CCA",
+    "cca_frozen": "CCA on the student's frozen inputs (EfficientNet-Lite0 stem × bag of words)",
+    "cca_frozen_views": "CCA on the student's frozen inputs, fitted with the rendering views",
+    "cca_frozen_d2v2": "CCA on the towers' frozen features (Data2Vec2-image mean × Data2Vec2-text mean)",
+    "cca_frozen_d2v2_bert": "CCA on the towers' frozen features (Data2Vec2-image mean × BERT CLS)",
+    "cca_frozen_beitv2_bert": "CCA on frozen features (BEiT-v2 CLS × BERT CLS)",
+}

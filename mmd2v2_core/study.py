@@ -21,6 +21,7 @@ cluster (``plan``: torchrun lines) whose finished runs a later study picks up.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -38,9 +39,10 @@ from data_prep.synth.transfer import generate_transfer_sets
 from .config import TrainConfig, load_config, to_dict, to_yaml
 from .data.datasets import RetrievalSplit
 from .data.index import read_log_lines, write_text_atomic
-from .errors import ConfigError, KitError
-from .eval.baseline import fit_cca
-from .eval.embed import evaluate_retrieval, student_inputs
+from .data.tokenizer import CaptionTokenizer
+from .errors import ConfigError, DataError, KitError
+from .eval.baseline import CCABaseline, bag_of_words, fit_baseline, thumbnails
+from .eval.embed import encode_captions, encode_images, evaluate_retrieval, student_inputs
 from .eval.transfer import transfer_decomposition
 from .eval.zeroshot import imagenet_zero_shot
 from .paths import from_root
@@ -49,11 +51,25 @@ from .preflight import check_data, missing_inputs
 from .profiles import get_profile
 from .student.frontend_cache import CachedFrontEnd
 from .student.presets import student_from_config
-from .teachers.cache import TargetCache, build_cache
+from .teachers.cache import TargetCache, build_cache, build_caption_cache
 from .teachers.inspect import preprocess_of
-from .teachers.registry import teacher_from_config
+from .teachers.registry import create_teacher, teacher_from_config
 from .train.checkpoint import checkpoint_root, load_trained_student
 from .train.loop import train
+
+# The closed-form rows (labels in ``runs.EXTRA_LABELS``; ``eval/baseline.py``), the strongest alternatives that cost no
+# training. Synthetic: ``cca`` links 16×16 thumbnails to a bag of words (the trivial row); the frozen-input rows link
+# the students' own frozen image inputs to it, fitted on the clean training view or also on its rendering views.
+SYNTHETIC_BASELINES = ("cca", "cca_frozen", "cca_frozen_views")
+# Real: the frozen features the real towers (and the teacher) start from, each cached once per split. Per row: the
+# image model and its pooling, the text model and its pooling (``teachers/targets.py``), and the run whose config
+# locates the weights folder and the text model's tokenizer.
+REAL_BASELINES = {
+    "cca_frozen_d2v2": (("d2v2-image", "mean"), ("d2v2-text", "mean"), "mmd2v2_6"),  # MM-D2V2's towers
+    "cca_frozen_d2v2_bert": (("d2v2-image", "mean"), ("bert", "cls"), "smke"),  # S-SMKE's towers
+    "cca_frozen_beitv2_bert": (("beitv2", "cls"), ("bert", "cls"), "smke"),  # the teacher × S-SMKE's text tower
+}
+FROZEN_INPUT_BASELINES = ("cca_frozen", "cca_frozen_views", *REAL_BASELINES)
 
 NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
              "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser")
@@ -75,6 +91,24 @@ def run_key(cfg: TrainConfig, *roots: Path) -> str:
             inside = [Path(value).relative_to(r).as_posix() for r in roots if Path(value).is_relative_to(r)]
             tree[section][name] = inside[0] if inside else value
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# A run counts as converged when the last 20 % of its steps added less than this to its val mean recall (points).
+CONVERGED_GAIN = 1.0
+
+
+def convergence(out_dir: str | Path) -> dict | None:
+    """From a run's validations (metrics.jsonl): val mean recall at the last validation at or before 80 % of its
+    steps and at the end, the gain between them, and whether that gain is under ``CONVERGED_GAIN``; None when the
+    run was validated fewer than twice."""
+    val = [r for r in read_log_lines(Path(out_dir) / "metrics.jsonl") if r.get("kind") == "val"]
+    if len(val) < 2:
+        return None
+    final = val[-1]
+    late = max((r for r in val[:-1] if r["step"] <= 0.8 * final["step"]), key=lambda r: r["step"], default=val[-2])
+    gain = final["mean"] - late["mean"]
+    return {"step": final["step"], "late_step": late["step"], "late": late["mean"], "final": final["mean"],
+            "gain": gain, "converged": gain < CONVERGED_GAIN}
 
 
 def run_summary(out_dir: str | Path) -> dict:
@@ -132,12 +166,20 @@ class Study:
     def train_data(self) -> Path:
         return self.data("synth-coco" if self.profile.synthetic else "coco")
 
+    @functools.cached_property
+    def baselines(self) -> tuple[str, ...]:
+        """The closed-form rows this study scores: on real data ``REAL_BASELINES``; on synthetic data
+        ``SYNTHETIC_BASELINES``, the one fitted with the rendering views only when the students train on some."""
+        if not self.profile.synthetic:
+            return tuple(REAL_BASELINES)
+        views = self.config("mmd2v2_6", 0).data.rendering_views
+        return tuple(b for b in SYNTHETIC_BASELINES if views or b != "cca_frozen_views")
+
     def overrides_of(self, run_name: str, seed: int, extra: list[str] = ()) -> list[str]:
         run = self.runs[run_name]
         return [f"optim.seed={seed}", "run.resume=latest",
-                # no validation pass: each run is scored on the test splits right after it ends, and the
-                # untrained level is Table 1's unaligned-towers row
-                "run.val_every=0", "run.val_at_start=false",
+                # no step-0 validation: the untrained level is Table 1's unaligned-towers row
+                "run.val_at_start=false",
                 *((f"student.frontend_cache={self.frontend_cache}",) if self.frontend_cache else ()),
                 *((f"teacher.cache={self.cache(run.teacher)}",) if run.teacher in ("pretrained", "random") else ()),
                 *self.profile.overrides, *run.overrides, *extra, *self.overrides, *self.run_overrides.get(run_name, ())]
@@ -152,8 +194,11 @@ class Study:
                                                                                                            extra)]
         cfg = load_config(name, overrides)
         out_dir = self.run_dir / "runs" / run_name / f"seed{seed}-{run_key(cfg, self.run_dir, self.data_dir)}"
-        # Synthetic runs are minutes long: one mid-run checkpoint. Real runs keep their YAML's (every 2,000 steps).
-        every = (f"run.checkpoint_every={max(1, cfg.optim.steps // 2)}",) if self.profile.synthetic else ()
+        # Synthetic runs are minutes long: one mid-run checkpoint, and five validations for the val curve and the
+        # convergence check (``convergence``). Real runs keep their YAML's (every 2,000 steps).
+        steps = cfg.optim.steps
+        every = (f"run.checkpoint_every={max(1, steps // 2)}", f"run.val_every={max(1, steps // 5)}") \
+            if self.profile.synthetic else ()
         return load_config(name, [*overrides, f"run.out_dir={out_dir}", *every])
 
     def run_out(self, run_name: str, seed: int) -> Path:
@@ -162,14 +207,17 @@ class Study:
             self._run_outs[run_name, seed] = Path(self.config(run_name, seed).run.out_dir)
         return self._run_outs[run_name, seed]
 
-    def result_path(self, run_name: str, seed: int, dataset: str) -> Path:
-        """``results/<run>/<its run folder's name>-<dataset>.json``; the unaligned towers are keyed by the 5+1
-        student they are built from, the CCA baseline by nothing."""
+    def result_stem(self, run_name: str, seed: int) -> str:
+        """What a run's result files are keyed by: its run folder's name. The unaligned towers and the frozen-input
+        baselines are keyed by the 5+1 student whose towers or front end they read (its config holds the front end
+        and the rendering views), the thumbnail baseline by nothing."""
         if run_name == "cca":
-            stem = f"seed{seed}"
-        else:
-            stem = self.run_out(run_name if run_name != "unaligned" else "mmd2v2_6", seed).name
-        return self.run_dir / "results" / run_name / f"{stem}-{dataset}.json"
+            return f"seed{seed}"
+        return self.run_out(run_name if run_name in self.runs else "mmd2v2_6", seed).name
+
+    def result_path(self, run_name: str, seed: int, dataset: str) -> Path:
+        """``results/<run>/<result_stem>-<dataset>.json``."""
+        return self.run_dir / "results" / run_name / f"{self.result_stem(run_name, seed)}-{dataset}.json"
 
     def final_checkpoint(self, run_name: str, seed: int) -> Path:
         cfg = self.config(run_name, seed)
@@ -222,14 +270,20 @@ class Study:
         report.update(self.build_frontend_caches())
         return report
 
-    def build_frontend_caches(self) -> dict[str, dict]:
-        """The students' frozen front end on every image the study reads: the training views and the test sets."""
+    def frontend(self) -> CachedFrontEnd:
+        """The students' frozen front end over its cache (every synthetic run's student starts from the same one)."""
         cfg = self.config("mmd2v2_6", 0)
         torch.manual_seed(cfg.optim.seed)  # as the trainer: a random-init front end (smoke) is seed 0's, every time
         student, _ = student_from_config(cfg)
-        source = CachedFrontEnd(student, self.frontend_cache, num_workers=2)
+        return CachedFrontEnd(student, self.frontend_cache, num_workers=2)
+
+    def build_frontend_caches(self) -> dict[str, dict]:
+        """The students' frozen front end on every image the study reads: the training views, the val split (the
+        frozen-input baselines pick their ridge on it) and the test sets."""
+        cfg = self.config("mmd2v2_6", 0)
+        source = self.frontend()
         jobs = [("synth-coco", cfg.data.train_split, v) for v in range(1 + cfg.data.rendering_views)]
-        jobs += [(d, "test", 0) for d in self.test_sets]
+        jobs += [("synth-coco", cfg.data.val_split, 0)] + [(d, "test", 0) for d in self.test_sets]
         jobs += [(f"transfer/{name}", "test", 0) for name in self.transfer_sets()]
         report = {}
         for dataset, split, view in jobs:
@@ -304,25 +358,75 @@ class Study:
         student, _ = student_from_config(cfg)
         return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed)
 
-    def evaluate_baseline(self) -> list[dict]:
-        """The trivial non-neural row: thumbnails and bag of words, CCA fitted on synth-coco train (synthetic
-        profiles; on COCO and Flickr30K the unaligned towers are the floor, as in the thesis)."""
-        if not self.profile.synthetic:
-            return []
-        cached = self._cached("cca", 0)
+    def evaluate_baselines(self) -> list[dict]:
+        """Every closed-form row of the study (``baselines``) on the test sets."""
+        return [r for name in self.baselines for r in self.evaluate_baseline(name)]
+
+    def evaluate_baseline(self, name: str) -> list[dict]:
+        """One closed-form row (``baselines``) on the test sets, cached in results/ like a run's."""
+        cached = self._cached(name, 0)
         if cached:
             return cached
         start = time.perf_counter()
-        baseline = fit_cca(RetrievalSplit.from_index(self.train_data, "train"))
-        fitted = time.perf_counter() - start
+        baseline, fitted_on = self.fit_baseline(name)
+        fitted = {"fit_seconds": round(time.perf_counter() - start, 1), **fitted_on, **baseline.describe()}
         results = []
         for dataset in self.test_sets:
             split = RetrievalSplit.from_index(self.data(dataset), "test")
             result = {"dataset": dataset, "split": "test", "images": len(split.records),
-                      "captions": len(split.captions), "metrics": baseline.evaluate(split),
-                      "fit_seconds": round(fitted, 1)}
-            results.append(self._save(result, "cca", 0))
+                      "captions": len(split.captions), "metrics": baseline.evaluate(split), **fitted}
+            results.append(self._save(result, name, 0))
+        self.log(f"[run] {name} · fitted in {fitted['fit_seconds']:.0f} s (ridge {fitted['ridge']:g}, picked on "
+                 "val) · mean recall " + ", ".join(f"{r['dataset']} {r['metrics']['mean']:.1f}" for r in results))
         return results
+
+    def fit_baseline(self, name: str) -> tuple[CCABaseline, dict]:
+        """A closed-form row fitted on the training split (its ridge picked on val), and what it was fitted on."""
+        if name not in self.baselines:
+            raise ConfigError(f"baseline {name!r}: this study's closed-form rows are {', '.join(self.baselines)}")
+        data = self.config("mmd2v2_6", 0).data
+        train, val = (RetrievalSplit.from_index(self.train_data, s) for s in (data.train_split, data.val_split))
+        if name in REAL_BASELINES:
+            (image_model, image_kind), (text_model, text_kind), run = REAL_BASELINES[name]
+            cfg = self.config(run, 0)
+            images, texts = self._frozen(image_model, image_kind, cfg), self._frozen(text_model, text_kind, cfg)
+            return fit_baseline(train, val, images, texts), {"fitted_on": f"{data.train_split} (evaluation view)"}
+        words = bag_of_words(train)
+        if name == "cca":
+            return fit_baseline(train, val, thumbnails, words), {"fitted_on": f"{data.train_split} (clean)"}
+        source = self.frontend()
+
+        def frozen_inputs(split: RetrievalSplit, view: int = 0):  # the front-end tokens the student reads, flattened
+            cache = source.cache(split.index_dir, split.split, view)
+            return cache.lookup([r.image_id for r in split.records]).numpy()
+
+        views = range(1 + data.rendering_views) if name == "cca_frozen_views" else range(1)
+        baseline = fit_baseline(train, val, frozen_inputs, words, [frozen_inputs(train, v) for v in views])
+        return baseline, {"fitted_on": f"{data.train_split} (clean" + (
+            f" + {len(views) - 1} rendering views)" if len(views) > 1 else ")")}
+
+    def _frozen(self, model: str, kind: str, cfg: TrainConfig):
+        """A split → the ``kind`` features of the frozen ``model`` (registry name; weights from ``cfg``'s folder) on
+        its images or its captions (text models: ``cfg``'s tokenizer), cached once per split under ``cache/frozen/``
+        (a changed model recomputes them)."""
+        source = create_teacher(model, folder=cfg.teacher.weights_dir)
+        folder = self.run_dir / "cache" / "frozen" / f"{model}-{kind}"
+
+        def features(split: RetrievalSplit):
+            out = folder / split.name.replace("/", "-")
+            if source.spec.modality == "image":
+                build_cache(source, kind, split.index_dir, split.split, out, preprocess_of(source), batch_size=128,
+                            device=self.device, num_workers=cfg.data.num_workers, overwrite=True)
+                return TargetCache(out).lookup([r.image_id for r in split.records]).numpy()
+            build_caption_cache(source, kind, CaptionTokenizer(cfg.data.tokenizer), split.index_dir, split.split, out,
+                                device=self.device, overwrite=True)
+            rows = TargetCache(out).all().numpy()
+            if len(rows) != len(split.captions):  # the cache's rows are the index's captions, in order
+                raise DataError(f"{out}: {len(rows)} caption rows for the {len(split.captions)} captions of "
+                                f"{split.name}; delete the folder to recompute it")
+            return rows
+
+        return features
 
     def _cached(self, run_name: str, seed: int) -> list[dict]:
         paths = [self.result_path(run_name, seed, d) for d in self.test_sets]
@@ -350,18 +454,30 @@ class Study:
         return results
 
     def transfer_decomposition(self, run_name: str, seed: int) -> dict:
-        """One trained run on the zero-shot test scenes in every drawing × phrasing (cached in results/transfer/)."""
-        path = self.run_dir / "results" / "transfer" / f"{run_name}-{self.run_out(run_name, seed).name}.json"
+        """One trained run, or a closed-form row, on the zero-shot test scenes in every drawing × phrasing (cached in
+        results/transfer/)."""
+        path = self.run_dir / "results" / "transfer" / f"{run_name}-{self.result_stem(run_name, seed)}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        student, cfg = load_trained_student(self.train(run_name, seed))
-        images, tokenizer = student_inputs(student, cfg.data.tokenizer, self.frontend_cache)
-        result = transfer_decomposition(student, self.data("synth-flickr"), self.transfer_sets(), images, tokenizer,
-                                        test_drawing="flickr", precision=self.profile.eval_precision)
+        if run_name in self.baselines:
+            baseline, _ = self.fit_baseline(run_name)
+            images_of, texts_of = baseline.embed_images, baseline.embed_texts
+        else:
+            images_of, texts_of = self._student_encoders(run_name, seed)
+        result = transfer_decomposition(self.data("synth-flickr"), self.transfer_sets(), images_of, texts_of,
+                                        test_drawing="flickr")
         result.update(run=run_name, seed=seed, profile=self.profile.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(result, indent=2) + "\n")
         return result
+
+    def _student_encoders(self, run_name: str, seed: int):
+        """A trained run's encoders of a split's images and of its captions (at the profile's test precision)."""
+        student, cfg = load_trained_student(self.train(run_name, seed))
+        images, tokenizer = student_inputs(student, cfg.data.tokenizer, self.frontend_cache)
+        precision = self.profile.eval_precision
+        return (lambda split: encode_images(student, split, images, 512, precision=precision),
+                lambda split: encode_captions(student, split.captions, tokenizer, 512, precision=precision))
 
     def imagenet(self, run_name: str, seed: int) -> dict:
         """Zero-shot ImageNet-1k top-1/top-5 of one trained run on ``imagenet_dir`` (real profile; cached in
@@ -383,9 +499,18 @@ class Study:
     def run_all(self, runs: tuple[str, ...]) -> list[dict]:
         return [r for name in runs for seed in self.profile.seeds for r in self.evaluate(name, seed)]
 
+    def converged(self, run_name: str) -> bool | None:
+        """Whether every trained seed of a run converged (``convergence``); None for rows that are not training runs
+        or runs not validated twice."""
+        if run_name not in self.runs:
+            return None
+        checks = [convergence(self.run_out(run_name, s)) for s in self.profile.seeds if self.trained(run_name, s)]
+        checks = [c for c in checks if c]
+        return all(c["converged"] for c in checks) if checks else None
+
     def results(self, run_name: str) -> list[dict]:
-        """The test results of a run (or ``unaligned``, ``cca``) under its current config, for every seed scored;
-        none for a run this profile does not make (a claim about it is then left out)."""
-        if run_name not in self.runs and run_name not in ("unaligned", "cca"):
+        """The test results of a run (or ``unaligned``, or a closed-form row) under its current config, for every
+        seed scored; none for a run this profile does not make (a claim about it is then left out)."""
+        if run_name not in self.runs and run_name not in ("unaligned", *self.baselines):
             return []
         return [r for seed in self.profile.seeds for r in self._cached(run_name, seed)]

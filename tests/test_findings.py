@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmd2v2_core.report.findings import Claim, check_claims, findings_markdown, verdict
+from mmd2v2_core.report.findings import CLAIMS, Claim, check_claims, findings_markdown, verdict
 
 
 def _results(values, dataset="synth-coco", key="mean", images=5000):
@@ -34,3 +34,17 @@ def test_missing_runs_are_left_out_and_chance_multiples_are_shown():
     unaligned = _results([0.04], images=5000)
     text = findings_markdown([], unaligned)
     assert "2.0×" in text and "reproduced (< 5× chance)" in text
+
+
+def test_a_claim_against_several_rows_takes_the_best_on_each_test_set_and_names_it():
+    data = {"smke": _results([80, 81, 82]), "cca_frozen": _results([70]), "cca_frozen_views": _results([90])}
+    data["smke"] += _results([60, 61, 62], dataset="synth-flickr")
+    data["cca_frozen"] += _results([40], dataset="synth-flickr")
+    claim = next(c for c in CLAIMS if c.text.startswith("Training beats a linear alignment"))
+    rows = check_claims(lambda name: data.get(name, []), ("synth-coco", "synth-flickr"), (claim,))
+    coco, flickr = rows
+    assert coco["b"] == 90 and coco["verdict"] == "contradicted" and "best: `cca_frozen_views`" in coco["claim"]
+    assert flickr["b"] == 40 and flickr["verdict"] == "reproduced" and "best: `cca_frozen`" in flickr["claim"]
+    assert coco["spread"] == 2 and coco["seeds"] == 3  # the closed-form row is one deterministic fit
+    data["cca_frozen_views"] = _results([81.5])
+    assert check_claims(lambda name: data.get(name, []), ("synth-coco",), (claim,))[0]["verdict"] == "within noise"

@@ -24,23 +24,28 @@ def _of(results: dict, profile: str = "embedded") -> SimpleNamespace:
 
 
 def test_table1_reading_names_the_leader_and_follows_the_verdicts():
-    strong = _results({"cca": [30], "unaligned": [0.1], "mmd2v2_6_weak": [20, 21, 22], "mmd2v2_6": [78, 79, 80],
-                       "smke": [90, 91, 92]})
+    strong = _results({"cca": [30], "cca_frozen": [85], "cca_frozen_views": [80], "unaligned": [0.1],
+                       "mmd2v2_6_weak": [20, 21, 22], "mmd2v2_6": [78, 79, 80], "smke": [90, 91, 92]})
     text = table1_reading(_of(strong), TABLE1)
     assert "synth-coco: S-SMKE (ITC + contrastive distillation) leads with a mean recall of 91.0" in text
-    assert "CCA baseline 30.0; unaligned towers 0.1" in text
-    assert "not above the CCA baseline: MM-D2V2 5+1, weak teacher (random-init, KD only)." in text
+    assert "(thumbnail CCA 30.0; frozen-input CCA (`cca_frozen`) 85.0; unaligned towers 0.1)" in text
+    assert ("; above the thumbnail CCA: MM-D2V2 5+1, strong teacher (KD only), S-SMKE (ITC + contrastive "
+            "distillation) (not: MM-D2V2 5+1, weak teacher (random-init, KD only))") in text
+    assert ("; above the frozen-input CCA (`cca_frozen`): S-SMKE (ITC + contrastive distillation) (not: MM-D2V2 5+1, "
+            "weak teacher (random-init, KD only), MM-D2V2 5+1, strong teacher (KD only)).") in text
     assert "Strong vs weak teacher (MM-D2V2 5+1), synth-coco: +58.00 points" in text and "— reproduced." in text
 
-    weak = _results({"cca": [30], "mmd2v2_6_weak": [40, 41, 42], "mmd2v2_6": [39, 41, 43], "smke": [35, 36, 37]})
+    weak = _results({"cca": [30], "cca_frozen_views": [95], "mmd2v2_6_weak": [40, 41, 42], "mmd2v2_6": [39, 41, 43],
+                     "smke": [35, 36, 37]})
     text = table1_reading(_of(weak), TABLE1)
     assert "MM-D2V2 5+1, weak teacher (random-init, KD only) leads with a mean recall of 41.0" in text
-    assert "every trained row is above the CCA baseline" in text
+    assert "every trained row is above the thumbnail CCA" in text
+    assert "no trained row is above the frozen-input CCA (`cca_frozen_views`)." in text
     assert "Strong vs weak teacher (MM-D2V2 5+1), synth-coco: +0.00 points" in text and "within noise" in text
     assert "S-SMKE vs MM-D2V2 5+1, synth-coco: -5.00 points" in text and "contradicted" in text
     assert table1_reading(_of({}), TABLE1) == "Reading: no run has been scored yet."
     below = table1_reading(_of(_results({"cca": [50], "mmd2v2_6": [20], "smke": [30]})), TABLE1)
-    assert "no trained row is above the CCA baseline." in below
+    assert "no trained row is above the thumbnail CCA." in below and "frozen-input" not in below
 
 
 def test_ablation_reading_verdict_changes_with_the_seed_spread():
@@ -63,7 +68,7 @@ def test_training_reading_follows_the_logged_losses(final, verdict):
 def test_recipe_is_read_off_the_resolved_config():
     mmd = describe(load_config("embedded", ["student.frontend_cache=/tmp/frontend"]))
     assert mmd["layout"] == "2+1 (seed 5+1)" and mmd["attention"] == "separate"
-    assert mmd["loss"] == "1 × KD MSE (image + text)" and mmd["steps × batch"] == "350 × 64"
+    assert mmd["loss"] == "1 × KD MSE (image + text)" and mmd["steps × batch"] == "600 × 64"
     assert mmd["teacher"] == "efficientnet-lite0" and mmd["target"] == "pooled, whitened to 128, 64 px"
     smke = describe(load_config("embedded", ["student.frontend_cache=/tmp/frontend", "student.preset=smke", "loss.kd=cdl", "loss.kd_weight=3",
                                              "loss.itc_weight=1", "loss.memory_bank=4096", "teacher.whiten=false",

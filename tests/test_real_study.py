@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from mmd2v2_core.profiles import PROFILES
+from mmd2v2_core.runs import EXTRA_LABELS
+from mmd2v2_core.study import REAL_BASELINES
 
 from real_fixture import build_real_fixture, write_imagenet_val
 
@@ -107,7 +109,26 @@ def test_the_study_after_the_plan_scores_every_run_without_training_again(real):
         assert re.search(rf"\[run\] {run} seed 0 · scored in \d+ s · mean recall coco [\d.]+, flickr30k [\d.]+",
                          study_log), run
     results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name != "imagenet"]
-    assert len(results) == 2 * (len(REAL.runs) + 1)  # every run and the unaligned towers, on COCO and Flickr30K
+    # every run, the unaligned towers and the closed-form rows, on COCO and Flickr30K
+    assert len(results) == 2 * (len(REAL.runs) + 1 + len(REAL_BASELINES))
+
+
+def test_the_closed_form_rows_align_the_cached_frozen_features(real):
+    """Each frozen model's features are cached once per split (train, val and the test sets); each row is scored
+    (the fixture's random-init towers: near chance) with its ridge picked on val."""
+    root, *_ = real
+    frozen = root / "run" / "cache" / "frozen"
+    assert {p.name for p in frozen.iterdir()} == {"d2v2-image-mean", "d2v2-text-mean", "bert-cls", "beitv2-cls"}
+    assert all({p.name for p in model.iterdir()} == {"coco-train", "coco-val", "coco-test", "flickr30k-test"}
+               for model in frozen.iterdir())
+    for name in REAL_BASELINES:
+        for result in (json.loads(p.read_text()) for p in (root / "run" / "results" / name).glob("*.json")):
+            assert result["row"] == EXTRA_LABELS[name] and result["fitted_on"] == "train (evaluation view)"
+            assert 0 <= result["metrics"]["i2t_r1"] <= 100 and len(result["val_mean_recall"]) == 4
+    report = (root / "reports" / "report.md").read_text()
+    assert all(f"| {EXTRA_LABELS[name]} |" in report for name in REAL_BASELINES)
+    assert re.search(r"\| Training beats a linear alignment of the same frozen inputs \(S-SMKE vs the best "
+                     r"frozen-input CCA\) — best: `cca_frozen_\w+` \| coco \|", report)
 
 
 def test_the_report_puts_each_measured_row_under_the_thesis_row(real):

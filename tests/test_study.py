@@ -62,12 +62,45 @@ def test_smoke_study_produces_the_report(smoke_study):
     assert any(o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
                for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
     results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name != "transfer"]
-    assert len(results) == 2 * 11  # 9 runs + the unaligned towers + the CCA baseline, on 2 test sets
+    # 9 runs + the unaligned towers + the thumbnail and frozen-input CCA (smoke trains without rendering views: no
+    # row fitted with them), on 2 test sets
+    assert len(results) == 2 * 12
     assert "| Trivial baseline: 16×16 thumbnails + bag of words, CCA |" in report
+    assert "| CCA on the student's frozen inputs (EfficientNet-Lite0 stem × bag of words) |" in report
+    assert "fitted with the rendering views" not in report
     assert "### The seed's claims, measured" in report and "Rendering views help zero-shot transfer" in report
+    assert re.search(r"\| Training beats a linear alignment of the same frozen inputs \(S-SMKE vs the best "
+                     r"frozen-input CCA\) — best: `cca_frozen` \| synth-flickr \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ \| "
+                     r"[\d.]+ \| one seed: no spread to judge \|", report)
+    assert re.search(r"synth-coco: .* leads with a mean recall of [\d.]+ \(thumbnail CCA [\d.]+; frozen-input CCA "
+                     r"\(`cca_frozen`\) [\d.]+; unaligned towers [\d.]+\); .*above the frozen-input CCA", report)
     assert "| coco+outline |" in report and "The largest gap between groups is by" in report
-    assert len(list((root / "run" / "results" / "transfer").glob("*.json"))) == 2  # with and without views, 1 seed
+    assert "| CCA on the student's frozen inputs · test phrasing |" in report
+    # with and without views (1 seed), and the frozen-input CCA
+    assert len(list((root / "run" / "results" / "transfer").glob("*.json"))) == 3
     assert {json.loads(p.read_text())["dataset"] for p in results} == {"synth-coco", "synth-flickr"}
+
+
+def test_the_frozen_input_baselines_record_their_fit_and_use_the_rendering_views(smoke_study):
+    from mmd2v2_core.eval.baseline import RIDGES
+    from mmd2v2_core.study import Study
+
+    root, _ = smoke_study
+    study = Study("smoke", root / "run")
+    assert study.baselines == ("cca", "cca_frozen")
+    for result in study.results("cca_frozen"):
+        scores = result["val_mean_recall"]
+        assert [float(r) for r in scores] == list(RIDGES) and scores[f"{result['ridge']:g}"] == max(scores.values())
+        assert result["fitted_on"] == "train (clean)" and result["row"].startswith("CCA on the student's frozen")
+    log = (root / "study.log").read_text()
+    assert re.search(r"\[run\] cca_frozen · fitted in \d+ s \(ridge [\d.e-]+, picked on val\) · mean recall", log)
+    # with rendering views the row fitted on them exists, on the clean view + each cached rendering view
+    with_views = Study("smoke", root / "run", ["data.rendering_views=1"])
+    assert with_views.baselines == ("cca", "cca_frozen", "cca_frozen_views")
+    clean, _ = with_views.fit_baseline("cca_frozen")
+    views, fitted_on = with_views.fit_baseline("cca_frozen_views")
+    assert fitted_on == {"fitted_on": "train (clean + 1 rendering views)"}
+    assert not (clean.cca.moments.xx == views.cca.moments.xx).all()
 
 
 def test_every_run_shows_its_resolved_recipe_and_curves_and_the_log_has_its_start_and_end(smoke_study):

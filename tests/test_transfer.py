@@ -9,7 +9,7 @@ from data_prep.synth.transfer import generate_transfer_sets
 from mmd2v2_core.data.datasets import RetrievalSplit
 from mmd2v2_core.data.index import read_split
 from mmd2v2_core.errors import DataError
-from mmd2v2_core.eval.embed import PairedEncoders, embed_split
+from mmd2v2_core.eval.embed import PairedEncoders, embed_split, encode_captions, encode_images
 from mmd2v2_core.eval.retrieval import retrieval_ranks
 from mmd2v2_core.eval.transfer import failure_reading, transfer_decomposition
 from test_eval_runner import TRANSFORM, TinyImage, TinyText
@@ -42,11 +42,16 @@ def test_transfer_sets_are_reused(smoke_data, transfer_sets):
     assert {n: (f / "manifest.json").stat().st_mtime_ns for n, f in again.items()} == stamps
 
 
+def _encoders(model, tokenizer):
+    return (lambda split: encode_images(model, split, TRANSFORM, batch_size=64),
+            lambda split: encode_captions(model, split.captions, tokenizer, batch_size=64))
+
+
 def test_decomposition_pairs_each_drawing_with_each_caption_set(smoke_data, transfer_sets, tokenizer):
     torch.manual_seed(0)
     model = PairedEncoders(TinyImage(), TinyText())
-    result = transfer_decomposition(model, smoke_data["synth-flickr"], transfer_sets, TRANSFORM, tokenizer,
-                                    test_drawing="flickr", batch_size=64)
+    result = transfer_decomposition(smoke_data["synth-flickr"], transfer_sets, *_encoders(model, tokenizer),
+                                    test_drawing="flickr")
     assert set(result["recall"]) == set(transfer_sets)
 
     def direct(images_from, captions_from):
@@ -65,8 +70,8 @@ def test_decomposition_pairs_each_drawing_with_each_caption_set(smoke_data, tran
 def test_decomposition_refuses_sets_of_other_scenes(smoke_data, transfer_sets, tokenizer):
     model = PairedEncoders(TinyImage(), TinyText())
     with pytest.raises(DataError, match="scenes or caption counts differ"):
-        transfer_decomposition(model, smoke_data["synth-flickr"], {**transfer_sets, "other": smoke_data["synth-coco"]},
-                               TRANSFORM, tokenizer, test_drawing="flickr")
+        transfer_decomposition(smoke_data["synth-flickr"], {**transfer_sets, "other": smoke_data["synth-coco"]},
+                               *_encoders(model, tokenizer), test_drawing="flickr")
 
 
 def _scene(background, *objects):

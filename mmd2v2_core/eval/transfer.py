@@ -1,9 +1,9 @@
 """Where zero-shot transfer is lost: rendering vs phrasing, per rendering trait, and per scene attribute.
 
-``transfer_decomposition`` scores one model on the same test scenes in every drawing × phrasing that
-``data_prep.synth.transfer`` prepares (the test set itself, the training style, the training style plus one
-test-style trait; each with the test set's captions and with captions in the training phrasing). Images and
-captions are encoded once each; every pairing is a 1K-gallery retrieval.
+``transfer_decomposition`` scores one model (a trained student, or a closed-form baseline) on the same test scenes
+in every drawing × phrasing that ``data_prep.synth.transfer`` prepares (the test set itself, the training style, the
+training style plus one test-style trait; each with the test set's captions and with captions in the training
+phrasing). Images and captions are encoded once each; every pairing is a 1K-gallery retrieval.
 
 ``failure_reading`` reads image→text top-1 on the test set: recall per group of images (background, object
 count, smallest object), and for each failed image which scene attributes the retrieved caption's scene
@@ -20,10 +20,7 @@ from typing import Callable
 import torch
 
 from ..data.datasets import RetrievalSplit
-from ..data.tokenizer import CaptionTokenizer
 from ..errors import DataError
-from ..student.frontend_cache import CachedFrontEnd
-from .embed import Encoder, encode_captions, encode_images
 from .retrieval import retrieval_ranks
 
 OBJECT_ATTRIBUTES = ("shape", "color", "size", "position")
@@ -71,12 +68,13 @@ def failure_reading(scenes: list[dict], image_emb: torch.Tensor, text_emb: torch
             "wrong": {a: wrong[a] / max(failures, 1) for a in ATTRIBUTES}, "i2t_r1_by": by_group}
 
 
-def transfer_decomposition(model: Encoder, test_dir: str | Path, drawings: dict[str, Path],
-                           images: Callable | CachedFrontEnd, tokenizer: CaptionTokenizer, test_drawing: str,
-                           batch_size: int = 512, device: str = "cpu", precision: str = "fp32") -> dict:
+def transfer_decomposition(test_dir: str | Path, drawings: dict[str, Path],
+                           encode_images: Callable[[RetrievalSplit], torch.Tensor],
+                           encode_texts: Callable[[RetrievalSplit], torch.Tensor], test_drawing: str) -> dict:
     """I→T / T→I R@1 of every drawing (``drawings``: name → prepared dataset of the test scenes, captioned in the
     training phrasing) with the test set's phrasing and the training phrasing, and the failure reading of the
-    test set; ``test_drawing`` names the drawing whose pixels are the test set's."""
+    test set; ``test_drawing`` names the drawing whose pixels are the test set's. The model is its two encoders:
+    ``encode_images(split)`` → [images, D], ``encode_texts(split)`` → [its captions, D]."""
     test = RetrievalSplit.from_index(test_dir, "test")
     splits = {name: RetrievalSplit.from_index(folder, "test") for name, folder in drawings.items()}
     for name, split in splits.items():
@@ -85,13 +83,11 @@ def transfer_decomposition(model: Encoder, test_dir: str | Path, drawings: dict[
             raise DataError(f"{split.index_dir}: its scenes or caption counts differ from the test set {test_dir}; "
                             "regenerate the transfer sets from this test set")
     t2i = torch.as_tensor(test.text_to_image, dtype=torch.long)
-    training_captions = next(iter(splits.values())).captions  # one caption set for every drawing
-    texts = {"test": encode_captions(model, test.captions, tokenizer, batch_size, device, precision, "test phrasing"),
-             "training": encode_captions(model, training_captions, tokenizer, batch_size, device, precision,
-                                         "training phrasing")}
+    training_phrasing = next(iter(splits.values()))  # one caption set for every drawing
+    texts = {"test": encode_texts(test), "training": encode_texts(training_phrasing)}
     recall, test_images = {}, None
     for name, split in splits.items():
-        image_emb = encode_images(model, split, images, batch_size, device, precision=precision)
+        image_emb = encode_images(split)
         if name == test_drawing:
             test_images = image_emb
         recall[name] = {}

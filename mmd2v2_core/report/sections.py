@@ -17,7 +17,7 @@ from ..eval.embed import embed_split, student_inputs
 from ..eval.zeroshot import attribute_zero_shot
 from ..plan import plan_markdown, time_plan
 from ..student.presets import preset_from_config
-from ..study import Study, run_summary
+from ..study import CONVERGED_GAIN, FROZEN_INPUT_BASELINES, Study, convergence, run_summary
 from ..teachers.cache import TargetCache
 from ..teachers.geometry import ATTRIBUTES, attribute_shares
 from ..teachers.inspect import inspect_teacher
@@ -164,19 +164,42 @@ def recipes(study: Study, runs: tuple[str, ...]) -> str:
 
 
 def training_curves(study: Study, runs: tuple[str, ...], reports_dir: Path, name: str) -> str:
-    """Every run's loss terms against steps, all seeds (``reports/figures/<name>.png``)."""
+    """Every run's loss terms and val mean recall against steps, all seeds (``reports/figures/<name>.png``), and the
+    convergence table."""
     curves = {study.labels[r]: {s: study.run_out(r, s) / "metrics.jsonl" for s in study.profile.seeds} for r in runs}
     missing = [str(path) for seeds in curves.values() for path in seeds.values() if not path.is_file()]
     if missing:  # an empty panel would read as a run that did not learn
         raise DataError(f"no training log yet: {', '.join(missing)} (train the run before plotting its curves)")
     figure = plot_training_curves(curves, reports_dir / "figures" / f"{name}.png")
-    return f"![training curves]({_rel(figure, reports_dir)})"
+    return (f"![training curves]({_rel(figure, reports_dir)})\n\nVal mean recall (the dots of the curves): did each run "
+            f"converge?\n\n{convergence_table(training_summaries(study, runs))}")
 
 
 def training_summaries(study: Study, runs: tuple[str, ...]) -> dict[str, list[dict]]:
-    """label → per-seed ``run_summary`` (steps, first and final loss, pairs/s) of the runs that logged."""
-    found = {study.labels[r]: [run_summary(study.run_out(r, s)) for s in study.profile.seeds] for r in runs}
-    return {label: [s for s in summaries if s] for label, summaries in found.items() if any(summaries)}
+    """label → per-seed ``run_summary`` (steps, first and final loss, pairs/s) of the runs that logged, each with its
+    ``convergence`` (None when the run was not validated twice)."""
+    found = {study.labels[r]: [{**summary, "convergence": convergence(study.run_out(r, s))}
+                               for s in study.profile.seeds if (summary := run_summary(study.run_out(r, s)))]
+             for r in runs}
+    return {label: summaries for label, summaries in found.items() if summaries}
+
+
+def convergence_table(summaries: dict[str, list[dict]]) -> str:
+    """Per run: val mean recall at the last validation by 80 % of its steps and at the end (means over seeds), the
+    largest late gain of any seed, and the verdict: converged when every seed gained under ``CONVERGED_GAIN``."""
+    lines = ["| run | seeds | val mean R@K at 80 % of steps | at the end | largest late gain (any seed) | converged |",
+             "|---|---:|---:|---:|---:|---|"]
+    for label, runs in summaries.items():
+        checks = [s["convergence"] for s in runs if s["convergence"]]
+        if not checks:
+            lines.append(f"| {label} | {len(runs)} | – | – | – | not validated |")
+            continue
+        done = sum(c["converged"] for c in checks)
+        lines.append(f"| {label} | {len(checks)} | {statistics.fmean(c['late'] for c in checks):.1f} | "
+                     f"{statistics.fmean(c['final'] for c in checks):.1f} | {max(c['gain'] for c in checks):+.2f} | "
+                     + ("yes" if done == len(checks) else f"no ({len(checks) - done} of {len(checks)} seeds gained "
+                                                          f"≥ {CONVERGED_GAIN:g})") + " |")
+    return "\n".join(lines)
 
 
 def training_reading(summaries: dict[str, list[dict]]) -> str:
@@ -192,17 +215,30 @@ def training_reading(summaries: dict[str, list[dict]]) -> str:
             f"the most ({100 * kept[least]:.0f} %)"
             + (": a run that keeps more than half of its loss has barely trained." if kept[least] > 0.5 else ".")
             + f" Training ran at {statistics.fmean(speed.values()):.0f} pairs/s on average (slowest: {slowest}, "
-              f"{speed[slowest]:.0f} pairs/s; the window means logged in `metrics.jsonl`).")
+              f"{speed[slowest]:.0f} pairs/s; the window means logged in `metrics.jsonl`)." + _convergence_reading(summaries))
+
+
+def _convergence_reading(summaries: dict[str, list[dict]]) -> str:
+    checked = {label: [s["convergence"] for s in runs if s["convergence"]] for label, runs in summaries.items()}
+    checked = {label: checks for label, checks in checked.items() if checks}
+    if not checked:
+        return " No run was validated during training, so none can be called converged."
+    open_ = [label for label, checks in checked.items() if not all(c["converged"] for c in checks)]
+    rule = f"its last 20 % of steps added under {CONVERGED_GAIN:g} point of val mean recall on every seed"
+    if not open_:
+        return f" Every run converged ({rule})."
+    return (f" Not converged ({rule} is the test): {', '.join(open_)}; "
+            f"{len(checked) - len(open_)} of {len(checked)} runs converged.")
 
 
 def table1_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> str:
     """Table 1 on the profile's test sets (means over seeds) and the quoted reference tables, saved as md/tex/csv;
     on COCO and Flickr30K each measured row also stands under the thesis row it reproduces, with the difference."""
-    measured = mean_rows(study.results, ("cca", "unaligned", *runs), study.test_sets)
+    measured = mean_rows(study.results, (*study.baselines, "unaligned", *runs), study.test_sets)
     tables = seed_tables(load_references(), measured)
     intro = ["Zero-shot retrieval on the test splits (BEiT-3 / CLIP_benchmark protocol: all captions, an image query "
              "hits when any of its captions is in its top K). Measured rows are means over the seeds; the per-seed "
-             "results are in the run directory's `results/`.", ""]
+             "results are in the run directory's `results/`." + _baselines_note(study.baselines), ""]
     if study.profile.synthetic:
         shown = [next(t for t in tables if t.name == "table1_synthetic")]
     else:
@@ -213,6 +249,14 @@ def table1_section(study: Study, runs: tuple[str, ...], reports_dir: Path) -> st
                       "Reference tables with the published numbers (quoted, with sources in "
                       "`mmd2v2_core/report/references.yaml`; also as `.tex` and `.csv` in `reports/tables/`):", "",
                       *[render_markdown(t) for t in tables if t not in shown]])
+
+
+def _baselines_note(baselines: tuple[str, ...]) -> str:
+    if not baselines:
+        return ""
+    return (" The CCA rows train nothing: a closed-form CCA fitted on the training pairs, its ridge picked on val "
+            "(`mmd2v2_core/eval/baseline.py`), on the frozen features the students start from (the strongest cheap "
+            "alternative)" + (", or on 16×16 thumbnails (the trivial row)." if "cca" in baselines else "."))
 
 
 def _quoted_table(study: Study, measured: list[dict], **name_and_title) -> Table:
@@ -244,10 +288,20 @@ TABLE1_CLAIMS = (Claim("Strong vs weak teacher (MM-D2V2 5+1)", "mmd2v2_6", "mmd2
                  Claim("S-SMKE vs MM-D2V2 5+1", "smke", "mmd2v2_6"))
 
 
+def _above(study, scored: dict[str, float], floor: float, name: str) -> str:
+    """Which trained rows (``scored``: run → mean recall) are above a baseline's mean recall."""
+    above = [study.labels[r] for r, v in scored.items() if v > floor]
+    below = [study.labels[r] for r, v in scored.items() if v <= floor]
+    return (f"every trained row is above the {name}" if not below else
+            f"no trained row is above the {name}" if not above else
+            f"above the {name}: {', '.join(above)} (not: {', '.join(below)})")
+
+
 def table1_reading(study, runs: tuple[str, ...]) -> str:
-    """Which row leads on each test set, against the CCA baseline (synthetic) and the unaligned towers, and the
-    headline comparisons with computed verdicts. ``study``: anything with ``results(run)``, ``labels`` and
-    ``test_sets`` (a ``Study``)."""
+    """Which row leads on each test set, against both closed-form baselines — the trivial thumbnail CCA and the best
+    CCA on the students' own frozen inputs, the strong one — and the unaligned towers, then which trained rows beat
+    each baseline, and the headline comparisons with computed verdicts. ``study``: anything with ``results(run)``,
+    ``labels`` and ``test_sets`` (a ``Study``)."""
     lines = []
     for dataset in study.test_sets:
         scored = {r: _mean(study.results(r), dataset) for r in runs}
@@ -255,18 +309,16 @@ def table1_reading(study, runs: tuple[str, ...]) -> str:
         if not scored:
             continue
         best = max(scored, key=scored.get)
-        floor = {k: _mean(study.results(k), dataset) for k in ("cca", "unaligned")}
-        against = "; ".join(f"{name} {floor[k]:.1f}" for k, name in (("cca", "CCA baseline"),
-                                                                     ("unaligned", "unaligned towers"))
-                            if floor[k] is not None)
-        verdict = ""
-        if floor["cca"] is not None:
-            below = [study.labels[r] for r, v in scored.items() if v <= floor["cca"]]
-            verdict = ("; every trained row is above the CCA baseline." if not below else
-                       "; no trained row is above the CCA baseline." if len(below) == len(scored) else
-                       f"; not above the CCA baseline: {', '.join(below)}.")
+        frozen = {k: v for k in FROZEN_INPUT_BASELINES if (v := _mean(study.results(k), dataset)) is not None}
+        strong = max(frozen, key=frozen.get, default=None)
+        floors = [(name, value) for name, value in (("thumbnail CCA", _mean(study.results("cca"), dataset)),
+                                                    (f"frozen-input CCA (`{strong}`)", frozen.get(strong)),
+                                                    ("unaligned towers", _mean(study.results("unaligned"), dataset)))
+                  if value is not None]
+        against = "; ".join(f"{name} {value:.1f}" for name, value in floors)
+        verdicts = [_above(study, scored, value, name) for name, value in floors if "CCA" in name]
         lines.append(f"- {dataset}: {study.labels[best]} leads with a mean recall of {scored[best]:.1f}"
-                     + (f" ({against})" if against else "") + (verdict or "."))
+                     + (f" ({against})" if against else "") + "".join(f"; {v}" for v in verdicts) + ".")
     lines += comparison_lines(study, TABLE1_CLAIMS)
     return "Reading:\n\n" + "\n".join(lines) if lines else "Reading: no run has been scored yet."
 
@@ -280,8 +332,14 @@ def comparison_lines(study, claims, claimed: bool = True) -> list[str]:
         return "the first higher, beyond the seed range" if r["diff"] > 0 else "the second higher, beyond the seed range"
 
     return [f"- {r['claim']}, {r['dataset']}: {r['diff']:+.2f} points of mean recall ({r['a']:.1f} vs {r['b']:.1f}; "
-            f"larger seed range {r['spread']:.2f}) — {said(r)}." for r in check_claims(study.results, study.test_sets,
-                                                                                       claims)]
+            f"larger seed range {r['spread']:.2f}) — {said(r)}{_unconverged_note(study, r['runs'])}."
+            for r in check_claims(study.results, study.test_sets, claims)]
+
+
+def _unconverged_note(study, runs: tuple[str, ...]) -> str:
+    """Names the compared training runs whose val recall was still rising: their difference may not last."""
+    late = [study.labels[r] for r in runs if study.converged(r) is False]
+    return f" (not converged: {', '.join(late)})" if late else ""
 
 
 def zero_shot_section(study: Study, runs: tuple[str, ...]) -> str:
@@ -409,25 +467,30 @@ def _seed_mean(decompositions: list[dict], get) -> float:
     return statistics.fmean(get(d) for d in decompositions)
 
 
-def transfer_decomposition_lines(study: Study, runs: tuple[str, ...]) -> list[str]:
-    """Rendering × phrasing and per-trait I→T R@1 on the zero-shot test scenes (means over seeds), what fails,
-    and a reading computed from them."""
+def transfer_decomposition_lines(study: Study, runs: tuple[str, ...], baselines: tuple[str, ...] = ()) -> list[str]:
+    """Rendering × phrasing and per-trait I→T R@1 on the zero-shot test scenes (means over seeds; ``baselines``:
+    closed-form rows beside the runs), what the first run fails on, and a reading computed from them."""
     found = {run: [study.transfer_decomposition(run, seed) for seed in study.profile.seeds] for run in runs}
+    found.update({name: [study.transfer_decomposition(name, 0)] for name in baselines})  # deterministic: one fit
     first = found[runs[0]]
+    columns = (*runs, *baselines)
     drawings = list(first[0]["recall"])
     n = first[0]["images"]
-    header = " | ".join(f"{study.labels[r].split(' (')[0]} · {p} phrasing" for r in runs for p in ("test", "training"))
+    header = " | ".join(f"{study.labels[r].split(' (')[0]} · {p} phrasing" for r in columns
+                        for p in ("test", "training"))
     lines = [f"Where the transfer is lost: the {n:,} `synth-flickr` test scenes drawn in every way and captioned in "
              "both phrasings (`data_prep/synth/transfer.py`); image→text R@1 on the 1K gallery, mean of "
-             f"{len(first)} seed(s). `flickr` is the test set's drawing, `coco` the training style, `coco+<trait>` "
-             "the training style with one of the test style's traits.", "",
-             f"| drawing | {header} |", "|---|" + "---:|" * (2 * len(runs))]
+             f"{len(first)} seed(s)" + (" (the closed-form rows: one fit)" if baselines else "") + ". `flickr` is the "
+             "test set's drawing, `coco` the training style, `coco+<trait>` the training style with one of the test "
+             "style's traits.", "",
+             f"| drawing | {header} |", "|---|" + "---:|" * (2 * len(columns))]
     mean = {r: {(d, p): _seed_mean(found[r], lambda x, d=d, p=p: x["recall"][d][p]["i2t_r1"])
-                for d in drawings for p in ("test", "training")} for r in runs}
+                for d in drawings for p in ("test", "training")} for r in columns}
     for d in drawings:
-        lines.append(f"| {d} | " + " | ".join(f"{mean[r][(d, p)]:.1f}" for r in runs for p in ("test", "training")) + " |")
+        lines.append(f"| {d} | " + " | ".join(f"{mean[r][(d, p)]:.1f}" for r in columns for p in ("test", "training"))
+                     + " |")
     lines.append("")
-    for r in runs:
+    for r in columns:
         m = mean[r]
         rendering = m[("coco", "test")] - m[("flickr", "test")]
         phrasing = m[("coco", "training")] - m[("coco", "test")]
@@ -467,15 +530,19 @@ def transfer_section(study: Study, reports_dir: Path) -> str:
     runs = study.profile.transfer_ablation
     if not runs:
         return ""
-    table = ablation_section(study, reports_dir, "ablation_transfer",
-                             "Zero-shot transfer: S-SMKE with and without rendering-augmented views", runs)
+    frozen = tuple(b for b in study.baselines if b in FROZEN_INPUT_BASELINES)
+    table = ablation_section(study, reports_dir, "ablation_transfer", "Zero-shot transfer: S-SMKE with and without "
+                             "rendering-augmented views, and the CCA on the same frozen inputs", (*runs, *frozen))
     return "\n".join([table, "", ablation_reading(study, [runs]), "",
                       "The rendering views change outline, shadow, background gradient and texture, rotation, blur and "
                       "foreground colour of training images (`mmd2v2_core/data/rendering.py`); no test image or "
                       "statistic is used, but the traits were chosen knowing the kinds of rendering change a test set "
-                      "may bring.", "", *transfer_decomposition_lines(study, runs)])
+                      "may bring.", "", *transfer_decomposition_lines(study, runs, frozen)])
 
 
 def findings_section(study) -> str:
     """Every qualitative claim of the seed and the thesis with its measurement and a computed verdict."""
-    return findings_markdown(check_claims(study.results, study.test_sets), study.results("unaligned"))
+    rows = check_claims(study.results, study.test_sets)
+    for row in rows:
+        row["verdict"] += _unconverged_note(study, row["runs"])
+    return findings_markdown(rows, study.results("unaligned"))
