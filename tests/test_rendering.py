@@ -271,3 +271,15 @@ def test_mixed_views_keep_what_captions_name():
             problems += content_problems(scene, image, render_augment(image, torch.Generator().manual_seed(i), p=p))
             objects += len(scene["objects"])
     assert len(problems) <= 0.02 * objects, problems
+
+
+def test_the_report_names_the_test_traits_the_views_contain():
+    from data_prep.synth.render import STYLE_TRAITS
+    from mmd2v2_core.data.rendering import TEST_TRAITS_COVERED, TRAITS
+    from mmd2v2_core.report.sections import views_statement
+
+    assert set(TEST_TRAITS_COVERED) == set(STYLE_TRAITS["flickr"])  # every trait of the zero-shot style is mapped
+    assert all(f in TRAITS for families in TEST_TRAITS_COVERED.values() for f in families)
+    text = views_statement()
+    assert f"randomise {len(TRAITS)} families" in text and "outline (as outline)" in text
+    assert "photometric" in text.split("no test set here has")[1] and "outline" not in text.split("no test set")[1]

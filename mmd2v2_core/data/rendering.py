@@ -98,6 +98,11 @@ from PIL import Image
 from data_prep.synth.render import BACKGROUND_RGB, RGB
 
 VERSION = 2  # of the views: 1 imitated synth-flickr's traits, 2 randomises families (a cached view's identity)
+
+# The view families that reproduce each trait of the synthetic zero-shot style (``data_prep.synth.render`` TRAITS):
+# the report names them, since a test set drawn with these traits is not unseen by a student trained on the views.
+TEST_TRAITS_COVERED = {"background": ("gradient", "stripes", "texture"), "hue": ("color",), "rotation": ("rotation",),
+                       "shadow": ("shadow",), "outline": ("outline",), "blur": ("blur",)}
 TRAITS = ("color", "gradient", "stripes", "shadow", "outline", "blur", "rotation",  # the first version's traits
           "photometric", "vignette", "noise", "jpeg", "pixelate", "texture", "hollow", "fill_texture",
           "soft_edges", "warp")

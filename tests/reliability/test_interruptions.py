@@ -147,7 +147,8 @@ def test_sigkill_during_a_papermill_study(tmp_path, cli, seen):
         "00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
         "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser"]
     results = [p for p in (run_dir / "results").rglob("*.json") if p.parent.name != "transfer"]
-    assert len(results) == 2 * 11 and all(json.loads(p.read_text())["metrics"] for p in results)
+    # 2 test sets × (9 runs, the unaligned towers, the thumbnail and the frozen-input CCA rows)
+    assert len(results) == 2 * 12 and all(json.loads(p.read_text())["metrics"] for p in results)
     for metrics in (run_dir / "runs").rglob("metrics.jsonl"):
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         counts = Counter((r["step"], r["kind"]) for r in rows if r["kind"] != "init")
