@@ -17,10 +17,12 @@ def _results(means: dict[str, list[float]], dataset: str = "synth-coco", images:
                   for i, v in enumerate(values)] for run, values in means.items()}
 
 
-def _of(results: dict, profile: str = "embedded") -> SimpleNamespace:
-    """What the readings read off a ``Study``: per-seed results by run, the run labels and the test sets."""
+def _of(results: dict, profile: str = "embedded", unconverged: tuple[str, ...] = ()) -> SimpleNamespace:
+    """What the readings read off a ``Study``: per-seed results by run, the run labels, the test sets and whether
+    each run converged (None for rows that are not training runs)."""
     return SimpleNamespace(results=lambda run: results.get(run, []), labels=PROFILES[profile].labels,
-                           test_sets=PROFILES[profile].test_sets)
+                           test_sets=PROFILES[profile].test_sets,
+                           converged=lambda run: None if run not in PROFILES[profile].run else run not in unconverged)
 
 
 def test_table1_reading_names_the_leader_and_follows_the_verdicts():
@@ -54,6 +56,10 @@ def test_ablation_reading_verdict_changes_with_the_seed_spread():
     noisy = ablation_reading(_of(_results({"mmd2v2_6": [45, 51, 57], "mmd2v2_6_shared": [40, 41, 42]})), pair)
     assert "+10.00 points" in clear and "the first higher, beyond the seed range" in clear
     assert "+10.00 points" in noisy and "larger seed range 12.00" in noisy and "within noise" in noisy
+    assert "not converged" not in clear
+    late = ablation_reading(_of(_results({"mmd2v2_6": [50, 51, 52], "mmd2v2_6_shared": [40, 41, 42]}),
+                                unconverged=("mmd2v2_6_shared",)), pair)
+    assert "beyond the seed range (not converged: MM-D2V2 5+1, shared attention)." in late
 
 
 @pytest.mark.parametrize("final, verdict", [(0.2, "kept the least of its loss (10 %)"),

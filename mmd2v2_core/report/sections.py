@@ -191,7 +191,7 @@ def convergence_table(summaries: dict[str, list[dict]]) -> str:
     lines = ["| run | seeds | val mean R@K at 80 % of steps | at the end | largest late gain (any seed) | converged |",
              "|---|---:|---:|---:|---:|---|"]
     for label, runs in summaries.items():
-        checks = [s["convergence"] for s in runs if s["convergence"]]
+        checks = [s["convergence"] for s in runs if s.get("convergence")]
         if not checks:
             lines.append(f"| {label} | {len(runs)} | – | – | – | not validated |")
             continue
@@ -220,7 +220,7 @@ def training_reading(summaries: dict[str, list[dict]]) -> str:
 
 
 def _convergence_reading(summaries: dict[str, list[dict]]) -> str:
-    checked = {label: [s["convergence"] for s in runs if s["convergence"]] for label, runs in summaries.items()}
+    checked = {label: [s["convergence"] for s in runs if s.get("convergence")] for label, runs in summaries.items()}
     checked = {label: checks for label, checks in checked.items() if checks}
     if not checked:
         return " No run was validated during training, so none can be called converged."
