@@ -71,7 +71,10 @@ def test_smoke_study_produces_the_report(smoke_study):
     assert "### The seed's claims, measured" in report and "Rendering views help zero-shot transfer" in report
     assert re.search(r"\| Training beats a linear alignment of the same frozen inputs \(S-SMKE vs the best "
                      r"frozen-input CCA\) — best: `cca_frozen` \| synth-flickr \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ \| "
-                     r"[\d.]+ \| one seed: no spread to judge \|", report)
+                     r"[\d.]+ \| one seed: no spread to judge( \(not converged: S-SMKE[^|]*\))? \|", report)
+    assert "Val mean recall (the dots of the curves): did each run converge?" in report
+    assert re.search(r"\| MM-D2V2 5\+1, strong teacher \(KD only\) \| 1 \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ \| "
+                     r"(yes|no \(1 of 1 seeds gained ≥ 1\)) \|", report)
     assert re.search(r"synth-coco: .* leads with a mean recall of [\d.]+ \(thumbnail CCA [\d.]+; frozen-input CCA "
                      r"\(`cca_frozen`\) [\d.]+; unaligned towers [\d.]+\); .*above the frozen-input CCA", report)
     assert "| coco+outline |" in report and "The largest gap between groups is by" in report
