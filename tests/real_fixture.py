@@ -15,9 +15,13 @@
   fine-tuned BEiT-v2 (timm ``model.safetensors``) and BERT-base-uncased (the hub file's own layout: ``bert.``
   prefix, LayerNorm ``gamma``/``beta``, pretraining heads; config, WordPiece vocabulary).
 
-Geometry: width 32, 2 heads, MLP 128, 32 px images, patch 8. Loaders that build their tiny variant from a
-constant (BEiT-v2, DINO) get exactly that variant; the ones that read the size from the file (Data2Vec2, BERT)
-get the depth the student's ``tiny`` preset copies from: 2 prenet + 6 main image blocks, 6 text layers.
+Geometry (``size="tiny"``, the tests'): width 32, 2 heads, MLP 128, 32 px images, patch 8. Loaders that build their
+tiny variant from a constant (BEiT-v2, DINO) get exactly that variant; the ones that read the size from the file
+(Data2Vec2, BERT) get the depth the student's ``tiny`` preset copies from: 2 prenet + 6 main image blocks, 6 text
+layers. ``size="real"`` (``bench/dry_run_real.py``) writes every checkpoint at the releases' true geometry — ViT-B/16
+at 224 px, BEiT-v2's 8,192 visual tokens, Data2Vec2-image's 2 prenet + 10 blocks, Data2Vec2-text's 50,265-entry
+vocabulary and 12 layers, BERT-base's 30,522 — and the photos at COCO's 640 px, 5 copies of the 40 (600 COCO training
+pairs, room for the real configs' global batches).
 
 The original-layout builders are shared with tests/teachers, which use them at their own sizes.
 """
@@ -31,7 +35,7 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib.cbook
@@ -242,11 +246,11 @@ def save_beitv2_release(state: dict, path: Path) -> Path:
     return path
 
 
-def tiny_beitv2_finetuned(seed: int = 0) -> torch.nn.Module:
-    """timm's fine-tuned BEiT-v2 layout (per-block bias, 1000 classes) at the loader's tiny size."""
+def random_beitv2_finetuned(seed: int = 0, tiny: bool = True) -> torch.nn.Module:
+    """timm's fine-tuned BEiT-v2 layout (per-block bias, 1000 classes) at the loader's tiny size (or ViT-B/16)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_beitv2(tiny=True, num_classes=1000, shared_rel_pos=False).eval()
+        model = build_beitv2(tiny=tiny, num_classes=1000, shared_rel_pos=False).eval()
         with torch.no_grad():  # timm zero-inits the biases; make them matter
             for block in model.blocks:
                 block.attn.relative_position_bias_table.normal_()
@@ -254,10 +258,10 @@ def tiny_beitv2_finetuned(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def tiny_dino(seed: int = 0) -> torch.nn.Module:
+def random_dino(seed: int = 0, tiny: bool = True) -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return build_dino(tiny=True).eval()
+        return build_dino(tiny=tiny).eval()
 
 
 def hub_snapshot(cache: Path, repo_id: str) -> Path:
@@ -355,8 +359,9 @@ def _sample_photo(source: str, name: str) -> Image.Image:
     return Image.open(path).convert("RGB")  # the grayscale ones become RGB, as COCO's few gray photos do
 
 
-def _view(photo: Image.Image, view: str) -> Image.Image:
-    box, mirrored, side, *_ = VIEWS[view]
+def _view(photo: Image.Image, view: str, side: int | None = None) -> Image.Image:
+    box, mirrored, own_side, *_ = VIEWS[view]
+    side = side or own_side
     w, h = photo.size
     image = photo.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
     image = ImageOps.mirror(image) if mirrored else image
@@ -364,16 +369,19 @@ def _view(photo: Image.Image, view: str) -> Image.Image:
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
 
 
-def _photos() -> list[tuple[str, str, bytes, list[str]]]:
-    """(subject, view, JPEG bytes, five captions) for every sample photo and view: 40 distinct photographs."""
+def _photos(side: int | None = None, copies: int = 1) -> list[tuple[str, str, bytes, list[str]]]:
+    """(subject, view, JPEG bytes, five captions) for every sample photo and view: 40 distinct photographs, each
+    view's longer side ``side`` px (default: the view's own, 112-160); ``copies`` > 1 repeats the 40 at lower JPEG
+    qualities (photo i is photo i mod 40 again), for a training split that holds a real global batch."""
     out = []
-    for subject, (source, name, phrases) in PHOTOS.items():
-        photo = _sample_photo(source, name)
-        for view, (*_, prefix, _coco, _flickr) in VIEWS.items():
-            buffer = io.BytesIO()
-            _view(photo, view).save(buffer, "JPEG", quality=90)
-            captions = [(prefix if k % 2 == 0 else "") + phrase for k, phrase in enumerate(phrases)]
-            out.append((subject, view, buffer.getvalue(), [c[0].upper() + c[1:] + "." for c in captions]))
+    for copy in range(copies):
+        for subject, (source, name, phrases) in PHOTOS.items():
+            photo = _sample_photo(source, name)
+            for view, (*_, prefix, _coco, _flickr) in VIEWS.items():
+                buffer = io.BytesIO()
+                _view(photo, view, side).save(buffer, "JPEG", quality=90 - 5 * copy)
+                captions = [(prefix if k % 2 == 0 else "") + phrase for k, phrase in enumerate(phrases)]
+                out.append((subject, view, buffer.getvalue(), [c[0].upper() + c[1:] + "." for c in captions]))
     return out
 
 
@@ -431,7 +439,7 @@ def write_coco_instances(folder: Path, karpathy_json: Path) -> list[Path]:
     categories = sorted({(c, n, s) for c, n, s in COCO_CATEGORY.values()})
     files = {}
     for entry in json.loads(karpathy_json.read_text())["images"]:
-        subject = list(PHOTOS)[entry["imgid"] // len(VIEWS)]
+        subject = list(PHOTOS)[entry["imgid"] % (len(PHOTOS) * len(VIEWS)) // len(VIEWS)]
         data = files.setdefault(entry["filepath"], {"images": [], "annotations": [], "categories": [
             {"id": c, "name": n, "supercategory": s} for c, n, s in categories]})
         data["images"].append({"id": entry["cocoid"], "file_name": entry["filename"], "width": 160, "height": 120})
@@ -477,9 +485,8 @@ def caption_merges(captions: list[str]) -> list[tuple[str, str]]:
     return list(merges)
 
 
-def _write_d2v2_text(weights: Path, downloads: Path, captions: list[str]) -> Path:
-    """``nlp_base.pt`` at the real vocabulary (50265 ids) and position table, and its converted tokenizer."""
-    geo = TextGeometry(vocab=50265)
+def _write_d2v2_text(weights: Path, downloads: Path, captions: list[str], geo: TextGeometry) -> Path:
+    """``nlp_base.pt`` (always at the real vocabulary, 50265 ids, and position table), and its converted tokenizer."""
     state, training_only = d2v2_text_state(geo)
     save_d2v2_text(weights / "nlp_base.pt", {**state, **training_only}, geo)
     write_bpe_files(downloads, caption_merges(captions))
@@ -487,13 +494,15 @@ def _write_d2v2_text(weights: Path, downloads: Path, captions: list[str]) -> Pat
                                        weights / "d2v2-text-tokenizer")
 
 
-def wordpiece_vocab(captions: list[str]) -> list[str]:
+def wordpiece_vocab(captions: list[str], size: int = 0) -> list[str]:
     """BERT-uncased's vocabulary layout ([PAD] 0, [unused*], [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, letters
-    and ##letters for any other word), then the captions' words and punctuation."""
+    and ##letters for any other word), then the captions' words and punctuation; ``size``: padded to that many."""
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     words = [w for c in captions for w in re.findall(r"[a-z]+|[^\sa-z]", c.lower())]
     specials = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    return list(dict.fromkeys([*specials, *letters, *(f"##{c}" for c in letters), *words]))
+    vocab = list(dict.fromkeys([*specials, *letters, *(f"##{c}" for c in letters), *words]))
+    # up to BERT-base's size with unused entries, as the real file's [unused99..993] fill unused ids
+    return vocab + [f"[unused{i}]" for i in range(99, 99 + size - len(vocab))]
 
 
 def _write_bert_tokenizer(snapshot: Path, config: dict, vocab: list[str]) -> None:
@@ -502,9 +511,8 @@ def _write_bert_tokenizer(snapshot: Path, config: dict, vocab: list[str]) -> Non
     (snapshot / "vocab.txt").write_text("".join(f"{w}\n" for w in vocab))
 
 
-def _write_bert(hub: Path, captions: list[str]) -> None:
-    """google-bert/bert-base-uncased as the hub holds it, at width 32 and 6 layers."""
-    config = BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=128)
+def _write_bert(hub: Path, captions: list[str], config: BertConfig) -> None:
+    """google-bert/bert-base-uncased as the hub holds it, at ``config``'s geometry."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = BertForPreTraining(config)
@@ -517,7 +525,7 @@ def _write_bert(hub: Path, captions: list[str]) -> None:
               "intermediate_size", "layer_norm_eps", "max_position_embeddings", "num_attention_heads",
               "num_hidden_layers", "pad_token_id", "type_vocab_size", "vocab_size")  # the hub config.json's
     hub_config = {"architectures": ["BertForMaskedLM"], "model_type": "bert", **{k: getattr(config, k) for k in fields}}
-    vocab = wordpiece_vocab(captions)
+    vocab = wordpiece_vocab(captions, config.vocab_size)
     snapshot = hub_snapshot(hub, "google-bert/bert-base-uncased")
     save_file(state, snapshot / "model.safetensors", metadata={"format": "pt"})
     _write_bert_tokenizer(snapshot, hub_config, vocab)
@@ -534,6 +542,31 @@ def _write_timm(hub: Path, repo_id: str, model: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------- the fixture
 
 D2V2_IMAGE = ViTGeometry(depth=6, prenet=2)
+
+
+@dataclass(frozen=True)
+class FixtureSize:
+    """Every model's geometry at one fixture size, and the photos' longer side (None: each view's own)."""
+    beitv2: ViTGeometry
+    d2v2_image: ViTGeometry
+    d2v2_text: TextGeometry
+    bert: BertConfig
+    tiny_timm: bool  # DINO and fine-tuned BEiT-v2: the loaders' tiny variants, else ViT-B/16
+    photo_side: int | None
+    copies: int = 1  # of the 40 photos (real: 5, so COCO's train split holds 600 pairs, a global batch of 512)
+
+
+VIT_B16 = ViTGeometry(dim=768, heads=12, patch=16, size=224, depth=12, hidden=3072)
+SIZES = {
+    "tiny": FixtureSize(ViTGeometry(), D2V2_IMAGE, TextGeometry(vocab=50265),
+                        BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=128),
+                        tiny_timm=True, photo_side=None),
+    # The releases: base_imagenet.pt (2 prenet + 10 blocks), nlp_base.pt (RoBERTa-base), BEiT-v2 pt1k, BERT-base;
+    # photos as large as COCO's.
+    "real": FixtureSize(VIT_B16, replace(VIT_B16, depth=10, prenet=2),
+                        TextGeometry(vocab=50265, dim=768, heads=12, ffn=3072, depth=12), BertConfig(),
+                        tiny_timm=False, photo_side=640, copies=5),
+}
 
 
 @dataclass(frozen=True)
@@ -563,9 +596,9 @@ class RealFixture:
         return self.overrides + extra[config]
 
 
-def build_real_fixture(root: Path) -> RealFixture:
-    root = Path(root)
-    photos = _photos()
+def build_real_fixture(root: Path, size: str = "tiny") -> RealFixture:
+    root, geo = Path(root), SIZES[size]
+    photos = _photos(geo.photo_side, geo.copies)
     captions = [c for *_, caps in photos for c in caps]
     karpathy = {"coco": _write_coco(root / "coco", photos), "flickr30k": _write_flickr(root / "flickr30k", photos)}
     prepared = {name: root / "prepared" / name for name in karpathy}
@@ -577,12 +610,12 @@ def build_real_fixture(root: Path) -> RealFixture:
     weights, downloads, hub = root / "weights", root / "downloads", root / "hf" / "hub"
     for folder in (weights, downloads, hub):
         folder.mkdir(parents=True)
-    save_beitv2_release(beitv2_pt1k_state(vocab=8192), weights / "beitv2_base_patch16_224_pt1k.pth")
-    save_d2v2_image(weights / "base_imagenet.pt", d2v2_image_state(D2V2_IMAGE), D2V2_IMAGE)
-    tokenizer = _write_d2v2_text(weights, downloads, captions)
-    _write_timm(hub, "timm/vit_base_patch16_224.dino", tiny_dino())
-    _write_timm(hub, "timm/beitv2_base_patch16_224.in1k_ft_in22k_in1k", tiny_beitv2_finetuned())
-    _write_bert(hub, captions)
+    save_beitv2_release(beitv2_pt1k_state(geo.beitv2, vocab=8192), weights / "beitv2_base_patch16_224_pt1k.pth")
+    save_d2v2_image(weights / "base_imagenet.pt", d2v2_image_state(geo.d2v2_image), geo.d2v2_image)
+    tokenizer = _write_d2v2_text(weights, downloads, captions, geo.d2v2_text)
+    _write_timm(hub, "timm/vit_base_patch16_224.dino", random_dino(tiny=geo.tiny_timm))
+    _write_timm(hub, "timm/beitv2_base_patch16_224.in1k_ft_in22k_in1k", random_beitv2_finetuned(tiny=geo.tiny_timm))
+    _write_bert(hub, captions, geo.bert)
     # HF_HUB_CACHE too: an inherited one would win over HF_HOME.
     env = {"HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "MMD2V2_WEIGHTS_DIR": str(weights)}

@@ -409,6 +409,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 tick = now
                 with torch.no_grad():
                     scales = {"itc_scale": model.objective.itc_scale().item(), "kd_scale": model.objective.kd_scale().item()}
+                    if target is not None:  # a teacher that gives every image the same target teaches nothing
+                        scales["target_std"] = target.float().std(0).mean().item() if len(target) > 1 else 0.0
                 values = {**terms_sum, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate, **scales}
                 logger.log(step, "train", values)
                 bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{rate:.0f}",

@@ -10,7 +10,7 @@ from mmd2v2_core.teachers.base import MissingWeights, timm_outputs
 from mmd2v2_core.teachers.beitv2 import (TINY, build_beitv2, convert_beitv2_pt1k, load_beitv2_finetuned,
                                          load_beitv2_pt1k)
 from real_fixture import (beitv2_pt1k_state, hub_snapshot, relative_position_index, save_beitv2_release,
-                          tiny_beitv2_finetuned)
+                          random_beitv2_finetuned)
 
 DIM, HEADS, DEPTH, PATCH, IMG = 32, 2, 2, 8, 32
 GRID = IMG // PATCH
@@ -129,7 +129,7 @@ def test_full_size_layouts():
 
 
 def test_finetuned_loads_hub_files(tmp_path, images):
-    model = tiny_beitv2_finetuned()
+    model = random_beitv2_finetuned()
     save_file(model.state_dict(), tmp_path / "model.safetensors")
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     expected = model(images)
@@ -140,7 +140,7 @@ def test_finetuned_loads_hub_files(tmp_path, images):
 
 def test_finetuned_loads_release_layout_with_position_index(tmp_path, images):
     """The release's own fine-tuned .pth: wrapped under "model", with each block's relative_position_index."""
-    model = tiny_beitv2_finetuned()
+    model = random_beitv2_finetuned()
     state = dict(model.state_dict())
     for i in range(DEPTH):
         state[f"blocks.{i}.attn.relative_position_index"] = relative_position_index(GRID)
@@ -162,7 +162,7 @@ def test_finetuned_from_hub_cache_or_missing(offline_hub, images):
     assert "timm/beitv2_base_patch16_224.in1k_ft_in22k_in1k" in str(err.value)
     assert "huggingface.co" in str(err.value) and "--weights PATH" in str(err.value)
 
-    model = tiny_beitv2_finetuned()
+    model = random_beitv2_finetuned()
     snapshot = hub_snapshot(offline_hub, "timm/beitv2_base_patch16_224.in1k_ft_in1k")
     save_file(model.state_dict(), snapshot / "model.safetensors")
     torch.testing.assert_close(load_beitv2_finetuned(None, tag="in1k_ft_in1k")(images), model(images))

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from mmd2v2_core.errors import DataError
 from mmd2v2_core.teachers.base import MissingWeights, hf_text_outputs, timm_outputs
 from mmd2v2_core.teachers.pretrained import build_bert, build_resnet50, load_bert, load_dino, load_resnet50
-from real_fixture import hub_snapshot, tiny_dino
+from real_fixture import hub_snapshot, random_dino
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def tiny_resnet():
 # ---------------------------------------------------------------------------------------------- timm models
 
 
-@pytest.mark.parametrize("make, load", [(tiny_dino, load_dino), (tiny_resnet, load_resnet50)])
+@pytest.mark.parametrize("make, load", [(random_dino, load_dino), (tiny_resnet, load_resnet50)])
 def test_timm_loaders_read_hub_files(tmp_path, images, make, load):
     model = make()
     save_file(model.state_dict(), tmp_path / "model.safetensors")
@@ -42,7 +42,7 @@ def test_timm_loaders_read_hub_files(tmp_path, images, make, load):
 
 
 def test_dino_outputs_the_normed_cls(tmp_path, images):
-    save_file(tiny_dino().state_dict(), tmp_path / "model.safetensors")
+    save_file(random_dino().state_dict(), tmp_path / "model.safetensors")
     model = load_dino(tmp_path / "model.safetensors")
     out = timm_outputs(model, images)
     assert out.logits is None and out.pooled.shape == (2, 32)
@@ -64,13 +64,13 @@ def test_resnet_checkpoint_given_to_dino_loader(tmp_path):
 
 
 def test_dino_checkpoint_given_to_resnet_loader(tmp_path):
-    torch.save({"model": tiny_dino().state_dict()}, tmp_path / "dino.pth")
+    torch.save({"model": random_dino().state_dict()}, tmp_path / "dino.pth")
     with pytest.raises(DataError, match=r"dino\.pth: missing keys .*is this a ResNet-50"):
         load_resnet50(tmp_path / "dino.pth")
 
 
 def test_wrong_shapes_are_named(tmp_path):
-    state = tiny_dino().state_dict()
+    state = random_dino().state_dict()
     state["pos_embed"] = torch.zeros(1, 5, 32)
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(DataError, match=r"pos_embed \(1, 5, 32\) \(expected \(1, 17, 32\)\)"):
@@ -93,7 +93,7 @@ def test_missing_timm_weights_are_actionable(offline_hub, tmp_path, load, repo):
         assert repo in message and f"https://huggingface.co/{repo}" in message and "--weights PATH" in message
 
 
-@pytest.mark.parametrize("make, load, repo", [(tiny_dino, load_dino, "timm/vit_base_patch16_224.dino"),
+@pytest.mark.parametrize("make, load, repo", [(random_dino, load_dino, "timm/vit_base_patch16_224.dino"),
                                               (tiny_resnet, load_resnet50, "timm/resnet50.a1_in1k")])
 def test_timm_weights_from_the_hub_cache(offline_hub, images, make, load, repo):
     model = make()
