@@ -75,8 +75,9 @@ NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining"
              "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser")
 
 
-# What decides where a run writes or how fast it goes, not what it learns: left out of its key.
-_NOT_IN_KEY = ("run", "data.num_workers")
+# What decides where a run writes or how fast it goes, not what it learns: left out of its key. Gradient accumulation
+# is how a memory plan fits the global batch on a device (``plan.memory_plan``), as the process count is.
+_NOT_IN_KEY = ("run", "data.num_workers", "optim.accum")
 _PATHS = ("data.root", "teacher.cache", "student.frontend_cache")
 
 
@@ -231,10 +232,11 @@ class Study:
         """Every prepared dataset and weight file the study's runs need that is not here: one line each."""
         return missing_inputs(self)
 
-    def plan(self, nproc_per_node: int = 1, warmup_steps: int = 0) -> Path:
+    def plan(self, nproc_per_node: int = 1, warmup_steps: int = 0, device_gib: float | None = None) -> Path:
         """``<run_dir>/plan/plan.sh``: one torchrun line per training run not finished yet, each with its resolved
-        config beside it; with ``warmup_steps``, the expected hours of each from a measured warm-up."""
-        return write_plan(self, nproc_per_node, warmup_steps)
+        config beside it; with ``warmup_steps``, the expected hours of each from a measured warm-up; with
+        ``device_gib``, the per-device batch and accumulation of its memory plan on devices of that size."""
+        return write_plan(self, nproc_per_node, warmup_steps, device_gib)
 
     # -------------------------------------------------------------- stages
     def prepare_data(self) -> dict[str, Path]:

@@ -61,6 +61,22 @@ def test_coco_layout_restval_merge_and_extra_fields(coco_like, tmp_path):
     assert set(kept["splits"]) == {"train", "restval", "val", "test"}
 
 
+def test_resize_indexes_smaller_copies_and_leaves_the_originals(coco_like, tmp_path):
+    path, root = coco_like  # 40 × 32 images
+    manifest = index_karpathy(path, root, tmp_path / "idx", resize=16)
+    assert manifest["resized"] == 16
+    for split in ("train", "val", "test"):
+        for record in read_split(tmp_path / "idx", split):
+            assert record.path.is_relative_to((tmp_path / "idx" / "images").resolve())
+            with Image.open(record.path) as copy:
+                assert copy.size == (20, 16) and copy.format == "JPEG"
+    assert Image.open(root / "train2014" / "COCO_train2014_000000000000.jpg").size == (40, 32)
+    bigger = index_karpathy(path, root, tmp_path / "idx2", resize=64)  # never enlarged
+    assert Image.open(read_split(tmp_path / "idx2", "test")[0].path).size == (40, 32) and bigger["resized"] == 64
+    with pytest.raises(DataError, match="needs every image inside --images"):
+        index_karpathy(path, root, tmp_path / "idx3", resize=16, allow_outside_root=True)
+
+
 def test_flickr_layout_real_photographs(tmp_path):
     """Real photos of several formats and modes, Flickr30K layout (one folder, no filepath)."""
     import matplotlib.cbook

@@ -55,7 +55,7 @@ def real(tmp_path_factory):
     fixture = build_real_fixture(root)
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     env = {**fixture.env, "OMP_NUM_THREADS": "1"}
-    code, plan_log = _study(root, env, "--plan", "--nproc-per-node", "2", "--warmup-steps", "3")
+    code, plan_log = _study(root, env, "--plan", "--nproc-per-node", "2", "--warmup-steps", "3", "--gpu-memory", "24")
     assert code == 0, plan_log
     plan = root / "run" / "plan" / "plan.sh"
     # a scheduler runs each line where the study's inputs are, in the kit's environment (torchrun on the PATH);
@@ -96,8 +96,28 @@ def test_plan_lists_a_torchrun_line_per_run_with_its_hours(real):
     assert all("--nproc_per_node=${NPROC_PER_NODE:-2}" in line and "--nnodes=${NNODES:-1}" in line and
                "-m mmd2v2_core.cli train --config" in line for line in lines)
     for run in REAL.run:
-        assert re.search(rf"^# {run} seed 0: 2 steps × 8 ≈ [\d.]+ h on 2 process\(es\)$", plan, re.M), run
+        assert re.search(rf"^# {run} seed 0: 2 steps × 8 \(4 per device × 1 accumulation on 2 process\(es\), "
+                         rf"[\d.]+ of 24 GiB\), 0 dataloader workers per process ≈ [\d.]+ h on 2 process\(es\)$",
+                         plan, re.M), run
         assert re.search(rf"^\| {run} \| 0 \| 2 × 8 \| 16 \| [\d.]+ \| 2 \| [\d.]+ \| no \|$", plan_log, re.M), run
+
+
+def test_the_input_plan_names_the_workers_each_device_needs(real):
+    _, plan_log, *_ = real
+    assert re.search(r"^Input pipeline: dataloader workers per device to feed \d+ pairs/s \(", plan_log, re.M)
+    for run in REAL.run:  # per worker: the fixture's own photos, decoded and cropped into both views
+        row = re.search(rf"^\| {run} \| (\d+) \| (\d+) \|$", plan_log, re.M)
+        assert row and int(row[1]) > 0 and int(row[2]) >= 1, run
+
+
+def test_the_memory_plan_sizes_each_run_for_the_device(real):
+    _, plan_log, *_ = real
+    assert "Memory plan: devices of 24 GiB (80% usable), 2 process(es)" in plan_log
+    for run in REAL.run:  # the fixture's width-32 students: a batch of 8 fits, in one step per device
+        row = re.search(rf"^\| {run} \| ([\d.]+) \| ([\d.]+) \| (\d+) \| ([\d,]+) \| 8 \| 4 × 1 × 2 \| ([\d.]+) \|$",
+                        plan_log, re.M)
+        assert row, run
+        assert int(row[4].replace(",", "")) >= 4
 
 
 def test_the_study_after_the_plan_scores_every_run_without_training_again(real):
