@@ -37,7 +37,7 @@ from common import machine, write_section
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_VERSION = "2"  # bump when tests/real_fixture.py changes what it writes
+FIXTURE_VERSION = "3"  # bump when tests/real_fixture.py changes what it writes
 # What every run is given here: a CPU-sized batch and 2 steps with a checkpoint after each; bf16 where the CPU has it.
 DRY_RUN = ["optim.steps=2", "optim.batch_size=2", "data.num_workers=0", "optim.precision=auto",
            "run.checkpoint_every=1", "run.log_every=1", "run.tensorboard=false"]

@@ -1,4 +1,5 @@
-"""The ``mmd2v2`` command: ``data synth|karpathy``, ``teachers list|inspect``, ``targets``, ``report tables``, ``study``.
+"""The ``mmd2v2`` command: ``data synth|karpathy|vg|webdataset``, ``teachers list|inspect``, ``targets``,
+``report tables``, ``study``.
 
 Errors the user can fix (``KitError``, a bad option, a full or read-only disk) are printed as one line
 naming the file, field, key or option, with exit status 2; Ctrl-C ends with one line and status 130
@@ -168,6 +169,28 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
         print(f"  written to {args.out}")
 
 
+def _data_vg(args: argparse.Namespace) -> None:
+    from data_prep.visual_genome import index_visual_genome
+
+    check_output(args.out, "--out")
+    manifest = index_visual_genome(args.regions, args.images, args.out, verify=args.verify,
+                                   on_bad_image=args.on_bad_image, workers=args.workers)
+    n = manifest["splits"]["train"]
+    print(f"visual genome regions: {n['images']:,} images, {n['captions']:,} region phrases (training pairs)")
+    if manifest["dropped"]:
+        print(f"dropped {len(manifest['dropped'])} missing or unreadable images, listed in {args.out / 'manifest.json'}")
+
+
+def _data_webdataset(args: argparse.Namespace) -> None:
+    from data_prep.webdataset_index import index_webdataset
+
+    check_output(args.out, "--out")
+    manifest = index_webdataset(args.shards, args.out, limit=args.limit)
+    print(f"{manifest['dataset']}: {manifest['splits']['train']['captions']:,} pairs from {manifest['shards']} shards")
+    for note in manifest["notes"]:
+        print(f"note: {note}")
+
+
 def _report_tables(args: argparse.Namespace) -> None:
     from .report.tables import load_references, load_results, seed_tables, write_tables
 
@@ -187,12 +210,14 @@ def _study(args: argparse.Namespace) -> None:
     if args.gpu_memory and not args.plan:
         raise KitError("--gpu-memory sizes the batches of a plan: use it with --plan")
     if args.plan:
-        from .plan import input_markdown, input_plan, memory_markdown, memory_plan, plan_markdown, time_plan
+        from .plan import (data_mix, input_markdown, input_plan, memory_markdown, memory_plan, mix_markdown,
+                           plan_markdown, time_plan)
         from .study import Study
 
         study = Study(args.profile, args.run_dir or f"runs/study-{args.profile}", args.params, data_dir=args.data,
                       nproc_per_node=nproc, imagenet_dir=args.imagenet)
         check_inputs(study)
+        print(mix_markdown(data_mix(study)) + "\n")
         if args.gpu_memory:
             print(memory_markdown(memory_plan(study, args.gpu_memory, nproc)) + "\n")
         print(input_markdown(input_plan(study)) + "\n")
@@ -301,6 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="COCO instances_*.json (repeat for train2014 and val2014): stores each image's "
                                "dominant supercategory, which colours the real study's embedding map")
     karpathy.set_defaults(func=_data_karpathy)
+
+    vg = data.add_parser("vg", help="index Visual Genome region descriptions as training pairs (image × phrase)")
+    vg.add_argument("--regions", required=True, type=Path, help="region_descriptions.json")
+    vg.add_argument("--images", required=True, type=Path, help="folder holding VG_100K/ and VG_100K_2/ (or the JPEGs)")
+    vg.add_argument("--out", required=True, type=Path, help="index folder to write (a name in data.sources)")
+    vg.add_argument("--verify", choices=("decode", "header", "exists"), default="header")
+    vg.add_argument("--on-bad-image", choices=("error", "skip"), default="skip")
+    vg.add_argument("--workers", type=_at_least(0), default=None, help="image-checking threads")
+    vg.set_defaults(func=_data_vg)
+
+    web = data.add_parser("webdataset", help="index img2dataset webdataset shards (CC3M, CC12M) as training pairs")
+    web.add_argument("--shards", required=True, type=Path, help="folder of the *.tar shards")
+    web.add_argument("--out", required=True, type=Path, help="index folder to write (a name in data.sources)")
+    web.add_argument("--limit", type=_at_least(1), default=None,
+                     help="the first N pairs only (the thesis' MM-D2V2 used about 500,000 of CC3M)")
+    web.set_defaults(func=_data_webdataset)
 
     teachers = sub.add_parser("teachers", help="the teacher registry").add_subparsers(dest="teachers_command",
                                                                                        required=True)

@@ -39,6 +39,9 @@ class DataConfig:
     hflip: float = 0.5  # 0 for the synthetic data, whose captions say left and right
     num_workers: int = 2
     rendering_views: int = 0  # with student.frontend_cache: rendering-augmented views cached per training image
+    # More training data beside data.root's train split: prepared indexes (`mmd2v2 data vg`, `mmd2v2 data webdataset`,
+    # `mmd2v2 data karpathy`) whose train splits join it; a relative path is a folder beside data.root.
+    sources: tuple[str, ...] = ()
 
 
 @dataclass
@@ -250,6 +253,10 @@ def _coerce(key: str, value, hint):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]: any length
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        return tuple(_coerce(key, v, args[0]) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key {key!r}: expected a list of {len(args)} values, got {value!r}")
@@ -353,6 +360,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.loss.kd == "none" or cfg.teacher.name != "none", "loss.kd needs a teacher (teacher.name is 'none')"),
         (cfg.data.rendering_views == 0 or bool(cfg.student.frontend_cache),
          "data.rendering_views needs student.frontend_cache (the views are cached front-end outputs)"),
+        (not cfg.data.sources or not (cfg.teacher.cache or cfg.student.frontend_cache),
+         "data.sources trains on more data than data.root: its targets and front-end outputs are computed on each "
+         "batch, so it cannot be combined with teacher.cache or student.frontend_cache"),
     ]
     for ok, message in checks:
         if not ok:
@@ -390,9 +400,19 @@ def _check_dataset(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.{key}={name!r}: no such split in data.root={cfg.data.root!r}, "
                               f"which has {', '.join(sorted(splits))}")
     pairs = splits[cfg.data.train_split]["captions"]  # one training pair per caption
+    for source in source_folders(cfg.data):
+        if not (source / "manifest.json").is_file():
+            raise ConfigError(f"data.sources: {source} is not a prepared dataset (no manifest.json); prepare it "
+                              "(`mmd2v2 data vg`, `mmd2v2 data webdataset`) or leave it out of data.sources")
+        pairs += load_manifest(source)["splits"].get("train", {}).get("captions", 0)
     if pairs < cfg.optim.batch_size:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: more than the {pairs} training pairs of split "
                           f"{cfg.data.train_split!r} in data.root={cfg.data.root!r}; one batch must fit")
+
+
+def source_folders(data: DataConfig) -> list[Path]:
+    """The folders of ``data.sources``: relative ones beside ``data.root``."""
+    return [Path(data.root).parent / s if not Path(s).is_absolute() else Path(s) for s in data.sources]
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -19,9 +19,9 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import load_config
+from .config import load_config, source_folders
 from .data.datasets import PairCollator
-from .data.index import read_split, write_text_atomic
+from .data.index import load_manifest, read_split, write_text_atomic
 from .data.tokenizer import CaptionTokenizer
 from .data.transforms import ImageTransformConfig
 from .errors import KitError
@@ -62,10 +62,31 @@ def _warmup_rate(study, run: str, seed: int, steps: int) -> float:
     return sum(rates) / len(rates)
 
 
+def data_mix(study) -> list[dict]:
+    """Per run: its training pairs per epoch from each source (data.root's train split, then data.sources)."""
+    rows = []
+    for run in study.runs:
+        cfg = study.config(run, study.profile.seeds[0])
+        folders = [Path(cfg.data.root), *source_folders(cfg.data)]
+        pairs = {folder.name: load_manifest(folder)["splits"]["train"]["captions"] for folder in folders}
+        rows.append({"run": run, "pairs": pairs, "epochs": cfg.optim.steps * cfg.optim.batch_size / sum(pairs.values())})
+    return rows
+
+
+def mix_markdown(rows: list[dict]) -> str:
+    lines = ["Training data: pairs per epoch from each source (`data.sources`; the report labels a run without them "
+             "COCO only).", "", "| run | pairs per epoch by source | in all | epochs |", "|---|---|---:|---:|"]
+    for r in rows:
+        mix = " + ".join(f"{name} {n:,}" for name, n in r["pairs"].items())
+        lines.append(f"| {r['run']} | {mix} | {sum(r['pairs'].values()):,} | {r['epochs']:.1f} |")
+    return "\n".join(lines)
+
+
 def input_rate(cfg, pairs: int = 64) -> float:
     """pairs/s one dataloader worker (this process) delivers for a training config, on its own data: each pair
     decoded, cropped and flipped, resized into the student's view and the online teacher's, its caption tokenised."""
     records = read_split(cfg.data.root, cfg.data.train_split)
+    records += [r for source in source_folders(cfg.data) for r in read_split(source, "train")]
     student = preset_from_config(cfg.student).config
     view = ImageTransformConfig(size=student.image_size)
     teacher = None

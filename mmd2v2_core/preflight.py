@@ -20,6 +20,24 @@ IMAGE_ROOTS = {"coco": "the COCO 2014 folder holding train2014/ and val2014/",
                "flickr30k": "the folder of the 31,783 Flickr30K images"}
 
 
+# How to prepare each extra training source the real configs name (data.sources).
+SOURCES = {
+    "vg": "mmd2v2 data vg --regions region_descriptions.json --images <folder of VG_100K/ and VG_100K_2/>",
+    "cc3m": "mmd2v2 data webdataset --shards <CC3M img2dataset webdataset shards>",
+    "cc3m_500k": "mmd2v2 data webdataset --shards <CC3M img2dataset webdataset shards> --limit 500000",
+    "cc12m": "mmd2v2 data webdataset --shards <CC12M img2dataset webdataset shards>",
+}
+
+
+def _source_line(study, source: str) -> str | None:
+    folder = study.data(source) if not Path(source).is_absolute() else Path(source)
+    if (folder / "manifest.json").is_file():
+        return None
+    how = SOURCES.get(source, "mmd2v2 data vg|webdataset|karpathy …")
+    return (f"data {source}: no prepared index in {folder}; make it with `{how} --out {folder}`, or train without "
+            f"it: -p data.sources=[] (the report labels those rows COCO only)")
+
+
 def _data_names(study) -> list[str]:
     return list(dict.fromkeys([study.train_data.name, *study.test_sets]))
 
@@ -92,6 +110,7 @@ def missing_inputs(study) -> list[str]:
     for run in study.runs:
         # resolved without data.root: a missing dataset is reported above, not as a config error
         cfg = load_config(study.config_name(run), study.overrides_of(run, study.profile.seeds[0]))
-        for line in dict.fromkeys(missing_weights(cfg)):  # the teacher may also be the image tower's source
+        sources = [_source_line(study, source) for source in cfg.data.sources]
+        for line in dict.fromkeys([*filter(None, sources), *missing_weights(cfg)]):  # the teacher may also be a tower
             needs.setdefault(line, []).append(run)
     return missing_data(study) + [f"{line} (runs: {', '.join(runs)})" for line, runs in needs.items()]

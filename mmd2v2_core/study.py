@@ -133,7 +133,7 @@ class Study:
                  run_overrides: dict[str, list[str]] | None = None, log=print, data_dir: str | Path | None = None,
                  nproc_per_node: int = 1, imagenet_dir: str | Path | None = None):
         self.profile = get_profile(profile)
-        self.runs, self.labels, self.test_sets = self.profile.run, self.profile.labels, self.profile.test_sets
+        self.runs, self.test_sets = self.profile.run, self.profile.test_sets
         self.run_dir = from_root(run_dir)  # a relative run_dir means the same folder from notebooks/ as from the root
         self.data_dir = from_root(data_dir) if data_dir else self.run_dir / "data"
         self.overrides = list(overrides)
@@ -166,6 +166,17 @@ class Study:
     @property
     def train_data(self) -> Path:
         return self.data("synth-coco" if self.profile.synthetic else "coco")
+
+    @functools.cached_property
+    def labels(self) -> dict[str, str]:
+        """Each row's label; a run trained without the extra data its YAML names (``data.sources``, e.g. the thesis'
+        Visual Genome and CC3M) says "(COCO only)"."""
+        labels = dict(self.profile.labels)
+        for run in self.runs:
+            if load_config(self.config_name(run)).data.sources and \
+                    not load_config(self.config_name(run), self.overrides_of(run, self.profile.seeds[0])).data.sources:
+                labels[run] += " (COCO only)"
+        return labels
 
     @functools.cached_property
     def baselines(self) -> tuple[str, ...]:

@@ -7,6 +7,9 @@
   photos scikit-image and matplotlib ship, 5 captions each, and COCO's ``annotations/instances_{train,val}2014.json``
   for those photos; prepared by ``index_karpathy`` (what ``mmd2v2 data karpathy [--instances …]`` runs) into
   ``prepared/coco`` (with each image's supercategory) and ``prepared/flickr30k``.
+* The real configs' extra training sources (``data.sources``), in their releases' layouts and prepared by the kit:
+  Visual Genome (``vg/region_descriptions.json`` + ``VG_100K/``, ``mmd2v2 data vg``) and img2dataset webdataset
+  shards for CC3M, its 500k subset and CC12M (``cc3m/00000.tar`` …, ``mmd2v2 data webdataset``).
 * ``weights/``: the registry's default files as tiny random-init checkpoints in the releases' layouts (BEiT-v2
   pt1k ``.pth``; fairseq data2vec 2.0 image and text ``.pt`` with their cfg), and ``weights/d2v2-text-tokenizer``
   converted by ``convert_data2vec2_tokenizer`` from GPT-2-style BPE files and a fairseq ``dict.txt``
@@ -35,6 +38,7 @@ import json
 import math
 import random
 import re
+import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -50,6 +54,8 @@ from transformers import BertConfig, BertForPreTraining
 
 from data_prep.coco_instances import dominant_supercategories
 from data_prep.karpathy import index_karpathy
+from data_prep.visual_genome import index_visual_genome
+from data_prep.webdataset_index import index_webdataset
 from mmd2v2_core.teachers.beitv2 import build_beitv2
 from mmd2v2_core.teachers.data2vec2_text import convert_data2vec2_tokenizer
 from mmd2v2_core.teachers.pretrained import build_dino
@@ -470,6 +476,51 @@ def write_imagenet_val(folder: Path) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------------------------------------- extra sources
+
+# What the thesis' data mixes add to COCO (data.sources of the real configs), each in its release's own layout.
+WEB_SOURCES = {"cc3m": 2, "cc3m_500k": 1, "cc12m": 1}  # source -> shards
+
+
+def write_visual_genome(folder: Path, photos) -> tuple[Path, Path]:
+    """``region_descriptions.json`` + ``VG_100K/<id>.jpg`` for the full-view photos: the phrases are the captions'
+    words, a few per region, as Visual Genome's are (4.7 tokens on average)."""
+    images, entries = folder / "VG_100K", []
+    images.mkdir(parents=True)
+    for k, (subject, view, jpeg, captions) in enumerate(p for p in photos if p[1] == "full"):
+        image_id = 2_300_000 + k
+        (images / f"{image_id}.jpg").write_bytes(jpeg)
+        words = captions[0].rstrip(".").split()
+        regions = [{"region_id": 10 * image_id + r, "image_id": image_id, "phrase": " ".join(words[r:r + 3]),
+                    "x": 0, "y": 0, "width": 10, "height": 10} for r in range(0, len(words), 3)]
+        regions.append({"region_id": 10 * image_id + 9, "image_id": image_id, "phrase": "  ", "x": 0, "y": 0,
+                        "width": 1, "height": 1})  # an empty phrase, as a few of the real ones are
+        entries.append({"id": image_id, "regions": regions})
+    path = folder / "region_descriptions.json"
+    path.write_text(json.dumps(entries))
+    return path, folder
+
+
+def write_web_shards(folder: Path, photos, shards: int) -> Path:
+    """img2dataset webdataset shards: per sample ``<key>.jpg``, ``.txt`` and ``.json``; the last sample of each shard
+    failed to download (no image), as a crawl's do."""
+    folder.mkdir(parents=True)
+    per_shard = -(-len(photos) // shards)
+    for s in range(shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            chunk = photos[s * per_shard:(s + 1) * per_shard]
+            for k, (subject, view, jpeg, captions) in enumerate(chunk):
+                key = f"{s:05d}{k:04d}"
+                files = {"txt": captions[k % len(captions)].encode(), "json": json.dumps({"key": key}).encode()}
+                if k < len(chunk) - 1:
+                    files["jpg"] = jpeg
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------- text models
 
 
@@ -606,6 +657,11 @@ def build_real_fixture(root: Path, size: str = "tiny") -> RealFixture:
     for name, (json_path, images) in karpathy.items():  # the CLI's defaults: decode every image, merge restval
         index_karpathy(json_path, images, prepared[name],
                        supercategories=dominant_supercategories(instances) if name == "coco" else None)
+    prepared["vg"] = root / "prepared" / "vg"
+    index_visual_genome(*write_visual_genome(root / "vg", photos), prepared["vg"])
+    for name, shards in WEB_SOURCES.items():
+        prepared[name] = root / "prepared" / name
+        index_webdataset(write_web_shards(root / name, photos, shards), prepared[name])
 
     weights, downloads, hub = root / "weights", root / "downloads", root / "hf" / "hub"
     for folder in (weights, downloads, hub):

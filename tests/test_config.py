@@ -10,7 +10,7 @@ from mmd2v2_core.errors import ConfigError
 
 # Enumerated keys whose choices live in a registry, checked by validate() through it.
 CHECKED_BY_REGISTRY = {"teacher.name", "student.preset", "student.size"}
-FREE_TEXT = {"data.root", "data.train_split", "data.val_split", "data.tokenizer", "teacher.weights",
+FREE_TEXT = {"data.root", "data.sources", "data.train_split", "data.val_split", "data.tokenizer", "teacher.weights",
              "teacher.weights_dir", "teacher.cache", "student.image_weights", "student.text_weights", "student.frontend_cache",
              "run.out_dir", "run.resume", "run.device"}  # paths, names, and the device (device_problem)
 

@@ -78,14 +78,17 @@ def test_missing_data_and_weights_fail_before_training_one_line_each(tmp_path):
                                   "HF_HUB_OFFLINE": "1"}, "--imagenet", str(tmp_path / "imagenet"))
     assert code == 2
     lines = [line.strip() for line in log.splitlines()[1:] if line.strip()]
-    expected = ["data coco:", "data flickr30k:", "data imagenet:", "weights d2v2-image:", "weights d2v2-text:", "weights beitv2:",
-                "weights beitv2-ft:", "weights dino:", "weights bert:", "tokenizer: folder weights/d2v2-text-tokenizer",
+    expected = ["data coco:", "data flickr30k:", "data imagenet:", "data vg:", "data cc3m_500k:", "data cc3m:",
+                "data cc12m:", "weights d2v2-image:", "weights d2v2-text:", "weights beitv2:", "weights beitv2-ft:",
+                "weights dino:", "weights bert:", "tokenizer: folder weights/d2v2-text-tokenizer",
                 "tokenizer bert-base-uncased:"]
     for start in expected:
         assert sum(line.startswith(start) for line in lines) == 1, (start, log)
     assert len(lines) == len(expected), log
     assert "mmd2v2 data karpathy --json dataset_coco.json" in log and "base_imagenet.pt not found" in log
     assert "(runs: smke_dino)" in log
+    assert "`mmd2v2 data vg --regions region_descriptions.json" in log and "--limit 500000 --out" in log
+    assert "or train without it: -p data.sources=[] (the report labels those rows COCO only)" in log
     assert not (tmp_path / "run" / "runs").exists()  # nothing trained
 
 
@@ -100,6 +103,15 @@ def test_plan_lists_a_torchrun_line_per_run_with_its_hours(real):
                          rf"[\d.]+ of 24 GiB\), 0 dataloader workers per process ≈ [\d.]+ h on 2 process\(es\)$",
                          plan, re.M), run
         assert re.search(rf"^\| {run} \| 0 \| 2 × 8 \| 16 \| [\d.]+ \| 2 \| [\d.]+ \| no \|$", plan_log, re.M), run
+
+
+def test_each_run_trains_on_the_thesis_data_mix(real):
+    root, plan_log, *_ = real
+    for run in REAL.run:  # the fixture's tiny sources: COCO's 120 pairs, 26 VG phrases, 38-39 web pairs per source
+        mix = "coco 120 + vg 26 + cc3m_500k 39" if REAL.run[run].config == "real_mmd2v2" else "coco 120 + cc3m 38 + cc12m 39"
+        assert re.search(rf"^\| {run} \| {re.escape(mix)} \| \d+ \| [\d.]+ \|$", plan_log, re.M), run
+    report = (root / "reports" / "report.md").read_text()
+    assert "COCO only" not in report  # every run had its sources
 
 
 def test_the_input_plan_names_the_workers_each_device_needs(real):

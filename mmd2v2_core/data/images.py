@@ -133,3 +133,20 @@ def check_image(path: Path, verify: str = "decode") -> tuple[str | None, str | N
 def image_problem(path: Path, verify: str = "decode") -> str | None:
     """Why this image cannot be used, or None when it can."""
     return check_image(path, verify)[0]
+
+
+def open_record(path: Path, extra: dict) -> Image.Image:
+    """An index record's image: the file at ``path``, or — a webdataset source (``mmd2v2 data webdataset``) — the
+    tar member ``extra["tar_member"]`` ({name, offset, size}) of the shard at ``path``, read in place."""
+    member = extra.get("tar_member")
+    if member is None:
+        return open_rgb(path)
+    try:
+        with open(path, "rb") as shard:
+            shard.seek(member["offset"])
+            data = shard.read(member["size"])
+    except OSError as exc:
+        raise DataError(f"{path}: {exc.strerror}") from None
+    if len(data) != member["size"]:
+        raise DataError(f"{path}: member {member['name']} ends early (the shard changed since it was indexed)")
+    return open_rgb(data, name=f"{path}:{member['name']}")

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from ..data.images import image_problem, open_rgb
+from ..data.images import image_problem, open_record
 from ..data.index import ImageRecord, read_log_lines
 from ..errors import DataError
 
@@ -62,18 +62,19 @@ class TrainPairs(Dataset):
         for _ in range(MAX_UNREADABLE_IN_A_ROW):
             record = self.records[i]
             try:
-                return record, j % len(record.captions), open_rgb(record.path)
-            except DataError:
-                self._log_skip(record)
+                return record, j % len(record.captions), open_record(record.path, record.extra)
+            except DataError as exc:
+                self._log_skip(record, str(exc))
                 i = (i + 1) % len(self.records)
         raise DataError(f"{MAX_UNREADABLE_IN_A_ROW} unreadable images in a row, the last {record.path}: "
                         "is the image folder still there? (see skipped_images.jsonl)")
 
-    def _log_skip(self, record: ImageRecord) -> None:
+    def _log_skip(self, record: ImageRecord, error: str) -> None:
         if self.skipped_log is not None:  # one short append per line: safe from several worker processes
+            problem = error if "tar_member" in record.extra else image_problem(record.path)  # a shard is no image
             with open(self.skipped_log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"image_id": record.image_id, "path": str(record.path),
-                                     "problem": image_problem(record.path)}) + "\n")
+                                     "problem": problem}) + "\n")
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, position, index = key

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import TrainConfig, to_dict, to_yaml
+from ..config import TrainConfig, source_folders, to_dict, to_yaml
 from ..data.datasets import PairCollator, RetrievalSplit
-from ..data.images import open_rgb
+from ..data.images import open_record
 from ..data.index import read_log_lines, read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
@@ -175,7 +175,7 @@ class _Targets:
             images = []
             for record in records[:self.cfg.teacher.whiten_sample]:
                 try:
-                    images.append(transform(open_rgb(record.path)))
+                    images.append(transform(open_record(record.path, record.extra)))
                 except DataError:
                     continue
             with torch.no_grad():
@@ -272,6 +272,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = _Targets(cfg, device)
     records = read_split(cfg.data.root, cfg.data.train_split)
+    records += [r for source in source_folders(cfg.data) for r in read_split(source, "train")]
     width = preset_from_config(cfg.student).config.width
     if cfg.teacher.whiten and targets.dim:
         targets.whiten_to(width, records)
