@@ -209,7 +209,7 @@ def main() -> None:
               f"{result['parameters']['loaded'] / 1e6:.1f} M parameters loaded"
               + (f" — {'; '.join(problems)}" if problems else " — ok"), flush=True)
     total = time.perf_counter() - start
-    if results and not args.no_write:
+    if results and not failed and not args.no_write:  # a failed dry run leaves the last good table alone
         write_section(f"dry_run_{args.size}", markdown(results, args.size, total))
     if failed:
         sys.exit("dry run failed:\n" + "\n".join(failed))
