@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from common import machine, write_section
 
 from data_prep.karpathy import index_karpathy
@@ -55,7 +54,6 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=256, help="pairs timed per measurement")
     parser.add_argument("--no-write", action="store_true", help="print only; leave reports/benchmarks.md alone")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # as in a DataLoader worker
     rate_per_device, source = device_rate()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,13 +1,13 @@
 """What a study's training will cost, and its runs as commands a cluster scheduler can run.
 
 ``time_plan`` trains each run for a few steps (its own model, teacher and batch, on this machine) and turns the
-measured pairs/s into hours; ``input_rate`` measures what one dataloader worker delivers of a run's pairs (decode,
-crop, flip, the student's and the teacher's views, tokenisation) and ``workers_needed`` how many feed a device;
-``memory_plan`` measures each run's step memory (``memory.py``) and picks the per-device
-batch and gradient accumulation that keep the run's global batch on devices of a given size; ``write_plan`` writes
-``<run_dir>/plan/plan.sh``: one torchrun line per run that has not finished, with the resolved config each line trains
-beside it (its accumulation included). A later ``mmd2v2 study`` finds the finished runs in their folders and only
-scores them.
+measured pairs/s into hours; ``data_mix`` counts each run's pairs per epoch by source; ``input_plan`` measures what
+one dataloader worker delivers of a run's pairs (decode, crop, flip, the student's and the teacher's views,
+tokenisation) and how many workers feed a device; ``memory_plan`` measures each run's step memory (``memory.py``) and
+picks the per-device batch and gradient accumulation that keep the run's global batch on devices of a given size;
+``write_plan`` writes ``<run_dir>/plan/plan.sh``: one torchrun line per run that has not finished, with the resolved
+config each line trains beside it (its workers and accumulation included). A later ``mmd2v2 study`` finds the
+finished runs in their folders and only scores them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import re
 import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from .config import load_config, source_folders
 from .data.datasets import PairCollator
@@ -99,10 +101,15 @@ def input_rate(cfg, pairs: int = 64) -> float:
     batch = min(16, len(dataset))
     batches = list(StepSampler(len(dataset), batch, max(1, pairs // batch), cfg.optim.seed))
     collate([dataset[key] for key in batches[0]])  # warm-up: first decode, tokenizer load
-    start = time.perf_counter()
-    for keys in batches:
-        collate([dataset[key] for key in keys])
-    return len(batches) * batch / (time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        start = time.perf_counter()
+        for keys in batches:
+            collate([dataset[key] for key in keys])
+        return len(batches) * batch / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def workers_needed(device_pairs_per_s: float, worker_pairs_per_s: float) -> int:
