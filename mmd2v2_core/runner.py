@@ -46,6 +46,21 @@ def check_inputs(study: Study) -> None:
                           + "\n".join(f"  {line}" for line in missing))
 
 
+def _kernel_manager():
+    """A kernel manager that talks to the notebook's kernel over local IPC sockets where the OS has them: over TCP,
+    ipykernel warns on every start that traffic is unencrypted (7 lines in a study's log), and rightly so."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    if os.name != "posix":
+        return AsyncKernelManager
+
+    class LocalKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return LocalKernelManager
+
+
 def run_study(profile: str = "embedded", run_dir: str | Path | None = None, reports_dir: str | Path = "reports",
               only: str | None = None, start: str | None = None, params: list[str] = (),
               notebooks_dir: str | Path = "notebooks", log=print, data_dir: str | Path | None = None,
@@ -65,6 +80,7 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
     executed = reports_dir / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MMD2V2_PROGRESS", "plain")  # papermill shows a notebook's bars as log lines
+    kernel_manager = _kernel_manager()
     parameters = {"profile": profile, "run_dir": str(run_dir), "reports_dir": str(reports_dir), "overrides": list(params),
                   "data_dir": str(data_dir) if data_dir else None, "nproc_per_node": nproc_per_node,
                   "imagenet_dir": str(imagenet_dir) if imagenet_dir else None}
@@ -76,7 +92,7 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
             # the notebook's own printing (each run's start and end lines, its progress bars) streams through
             pm.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
                                 cwd=str(notebooks_dir.parent), progress_bar=False, stdout_file=sys.stdout,
-                                stderr_file=sys.stderr)
+                                stderr_file=sys.stderr, kernel_manager_class=kernel_manager)
         except pm.PapermillExecutionError as exc:
             raise StudyFailed(f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue.strip()}); "
                               f"executed copy with the error: {target}") from None

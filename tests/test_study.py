@@ -5,6 +5,8 @@ import contextlib
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -38,6 +40,17 @@ def smoke_study(tmp_path_factory):
         assert main(args) == 0
     (root / "study.log").write_text(log.getvalue())
     return root, args
+
+
+def test_the_study_log_holds_the_studys_lines_only(tmp_path):
+    """What a terminal shows, kernel processes included: no Jupyter machinery (ipykernel's TCP warning)."""
+    done = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", "study", "--profile", "smoke", "--only",
+                           "00_data_prep", "--run-dir", str(tmp_path / "run"), "--reports", str(tmp_path / "reports"),
+                           "--notebooks", str(ROOT / "notebooks")], capture_output=True, text=True)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "[study] 00_data_prep done in" in log
+    assert not [line for line in log.splitlines() if "IPKernelApp" in line or "without encryption" in line], log
 
 
 def test_smoke_study_produces_the_report(smoke_study):
