@@ -1,5 +1,5 @@
 """The ``mmd2v2`` command: ``data synth|karpathy|vg|webdataset``, ``teachers list|inspect``, ``targets``,
-``report tables``, ``study``.
+``eval``, ``export``, ``report tables``, ``study``.
 
 Errors the user can fix (``KitError``, a bad option, a full or read-only disk) are printed as one line
 naming the file, field, key or option, with exit status 2; Ctrl-C ends with one line and status 130
@@ -189,6 +189,15 @@ def _data_webdataset(args: argparse.Namespace) -> None:
     print(f"{manifest['dataset']}: {manifest['splits']['train']['captions']:,} pairs from {manifest['shards']} shards")
     for note in manifest["notes"]:
         print(f"note: {note}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_student
+
+    check_output(args.out, "--out")
+    results = [json.loads(Path(r).read_text()) for r in args.results] if args.results else None
+    out = export_student(args.checkpoint, args.out, results)
+    print(f"exported to {out}: model.safetensors, config.json, tokenizer, README.md (model card)")
 
 
 def _report_tables(args: argparse.Namespace) -> None:
@@ -409,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--references", type=Path, default=None, help="quoted numbers (default: the packaged file)")
     tables.add_argument("--out", type=Path, default=Path("reports/tables"))
     tables.set_defaults(func=_report_tables)
+
+    export = sub.add_parser("export", help="a trained student as a self-contained folder (safetensors, config, "
+                                           "tokenizer, model card)")
+    export.add_argument("--checkpoint", required=True, type=Path, help="a training checkpoint folder (step_…)")
+    export.add_argument("--out", required=True, type=Path, help="folder to write (Hugging Face Hub layout)")
+    export.add_argument("--results", type=Path, nargs="*", default=None,
+                        help="result JSONs for the model card (default: the study's results of the run, if any)")
+    export.set_defaults(func=_export)
 
     study = sub.add_parser("study", help="execute the study notebooks with papermill and regenerate the report")
     study.add_argument("--profile", default="embedded", choices=list(PROFILES),
