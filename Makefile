@@ -22,7 +22,7 @@ setup: $(STAMP)
 # Reinstall when the dependency list changes; the stamp makes a rerun instant.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --quiet --editable ".[notebooks,offline,dev]"  # errors only
+	$(BIN)/python -m pip install --quiet --quiet --editable ".[notebooks,offline,bench,dev]"  # errors only
 	touch $(STAMP)
 
 clean:

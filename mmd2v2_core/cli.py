@@ -191,6 +191,17 @@ def _data_webdataset(args: argparse.Namespace) -> None:
         print(f"note: {note}")
 
 
+def _eval_clip_benchmark(args: argparse.Namespace) -> None:
+    from .eval.clip_benchmark import run_clip_benchmark
+
+    check_output(args.out, "--out", folder=False)
+    result = run_clip_benchmark(args.checkpoint, args.dataset, args.dataset_root, args.out, args.split,
+                                args.batch_size, amp=args.amp, annotation_file=args.annotation_file)
+    for name, value in result["metrics"].items():
+        print(f"  {name} {100 * value:.2f}" if "recall" in name or "acc" in name else f"  {name} {value}")
+    print(f"  written to {args.out}")
+
+
 def _export(args: argparse.Namespace) -> None:
     from .export import export_student
 
@@ -402,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--frontend-cache", type=Path, default=None,
                            help="read (or first compute) the student's frozen front-end outputs here")
     retrieval.set_defaults(func=_eval_retrieval)
+    bench = evaluate.add_parser("clip-benchmark", help="CLIP_benchmark's own evaluation of a student (pip install "
+                                                        "'mmd2v2[bench]')")
+    bench.add_argument("--checkpoint", required=True, type=Path,
+                       help="an exported student (`mmd2v2 export`) or a checkpoint folder of `mmd2v2 train`")
+    bench.add_argument("--dataset", required=True, help="a CLIP_benchmark dataset name: flickr30k, mscoco_captions, "
+                                                        "xtd10, imagenet1k, cifar10, …")
+    bench.add_argument("--dataset-root", required=True, type=Path, help="its files, in CLIP_benchmark's layout")
+    bench.add_argument("--split", default="test")
+    bench.add_argument("--annotation-file", default=None, help="retrieval datasets: the captions file")
+    bench.add_argument("--out", type=Path, default=Path("clip_benchmark.json"), help="CLIP_benchmark's result JSON")
+    bench.add_argument("--batch-size", type=_at_least(1), default=64)
+    bench.add_argument("--amp", action="store_true", help="encode under autocast (bf16 on a CPU)")
+    bench.set_defaults(func=_eval_clip_benchmark)
 
     model = sub.add_parser("model", help="student presets").add_subparsers(dest="model_command", required=True)
     summary = model.add_parser("summary", help="parameter counts of a student preset (total, trainable, per part)")
