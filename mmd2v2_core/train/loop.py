@@ -36,6 +36,7 @@ from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import ConfigError, DataError, KitError, clean_worker_errors
 from ..eval.embed import embed_split
 from ..eval.retrieval import recall_at_k
+from ..lock import folder_lock
 from ..losses import gather_no_grad
 from ..progress import progress
 from ..student.frontend_cache import CachedFrontEnd
@@ -263,13 +264,17 @@ class _Logger:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    if not cfg.data.root:
+        raise ConfigError("data.root is not set: point it at a prepared dataset (manifest.json)")
+    with folder_lock(cfg.run.out_dir, "mmd2v2 train", "pass another run.out_dir"):  # rank 0 holds it for all ranks
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=resolve_precision(cfg.optim.precision, device)))
-    if not cfg.data.root:
-        raise ConfigError("data.root is not set: point it at a prepared dataset (manifest.json)")
     out_dir = Path(cfg.run.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     targets = _Targets(cfg, device)
     records = read_split(cfg.data.root, cfg.data.train_split)
     width = preset_from_config(cfg.student).config.width
