@@ -72,6 +72,10 @@ REAL_BASELINES = {
 }
 FROZEN_INPUT_BASELINES = ("cca_frozen", "cca_frozen_views", *REAL_BASELINES)
 
+# torchrun restarts of a run whose rank died: each resumes from the last checkpoint (losing the steps since); an error
+# that comes back every time (a bug, an out-of-memory batch) stops the run after these.
+MAX_RESTARTS = 2
+
 NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
              "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser")
 
@@ -305,16 +309,22 @@ class Study:
                 "computed_shards": "-", "seconds": round(time.perf_counter() - start, 1)}
         return report
 
-    def launch_command(self, config_file: Path, nproc_per_node: int, cluster: bool = False) -> list[str]:
-        """torchrun training one resolved config. ``cluster``: node count, rank and rendezvous from the environment
-        (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT; defaults: one node), as a scheduler's script sets them."""
+    def launch_command(self, run_name: str, seed: int, nproc_per_node: int, cluster: bool = False) -> list[str]:
+        """torchrun training one run from its resolved config (written under ``plan/``). A rank that dies (out of
+        memory, a lost node, a kill) makes the others stop within ``run.collective_timeout``; torchrun then restarts
+        every rank from the last checkpoint, ``MAX_RESTARTS`` times at most. ``cluster``: node count, rank, rendezvous,
+        restarts and timeout from the environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, MAX_RESTARTS,
+        COLLECTIVE_TIMEOUT; defaults: one node), as a scheduler's script sets them."""
+        config_file, timeout = self.write_config(run_name, seed), self.config(run_name, seed).run.collective_timeout
         if cluster:
             where = ["--nnodes=${NNODES:-1}", "--node_rank=${NODE_RANK:-0}",
                      f"--nproc_per_node=${{NPROC_PER_NODE:-{nproc_per_node}}}", "--master_addr=${MASTER_ADDR:-127.0.0.1}",
-                     "--master_port=${MASTER_PORT:-29500}"]
-            return ["torchrun", *where, "-m", "mmd2v2_core.cli", "train", "--config", shlex.quote(str(config_file))]
+                     "--master_port=${MASTER_PORT:-29500}", f"--max-restarts=${{MAX_RESTARTS:-{MAX_RESTARTS}}}"]
+            return ["torchrun", *where, "-m", "mmd2v2_core.cli", "train", "--config", shlex.quote(str(config_file)),
+                    f"run.collective_timeout=${{COLLECTIVE_TIMEOUT:-{timeout}}}"]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-                "-m", "mmd2v2_core.cli", "train", "--config", str(config_file)]
+                f"--max-restarts={MAX_RESTARTS}", "-m", "mmd2v2_core.cli", "train", "--config", str(config_file),
+                f"run.collective_timeout={timeout}"]
 
     def write_config(self, run_name: str, seed: int) -> Path:
         """The run's resolved config as a YAML file under ``plan/`` (what ``mmd2v2 train --config`` reads)."""
@@ -348,7 +358,7 @@ class Study:
                  f"{summary['final_loss']:.3f}")
 
     def _torchrun(self, run_name: str, seed: int) -> None:
-        command = self.launch_command(self.write_config(run_name, seed), self.nproc_per_node)
+        command = self.launch_command(run_name, seed, self.nproc_per_node)
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 or not self.trained(run_name, seed):
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
