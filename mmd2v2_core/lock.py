@@ -16,7 +16,6 @@ checkpoints and results beside a writer is safe. Under torchrun only rank 0 lock
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -52,20 +51,21 @@ def folder_lock(folder: str | Path, command: str, hint: str):
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
+    handle = open(folder / LOCK_FILE, "a+")  # opening changes nothing: the holder's record stays readable
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
+            held = True
+        except BlockingIOError:
+            held = False
+        if not held:
             holder = _holder(handle)
             if holder.get("token") and holder["token"] == os.environ.get(TOKEN_ENV):
                 yield  # the holder itself, or a process it started
                 return
             since = time.strftime("%H:%M", time.localtime(holder["since"])) if "since" in holder else "?"
             raise FolderInUse(f"{folder} is in use by {holder.get('command', 'another process')} "
-                              f"(pid {holder.get('pid', '?')}, since {since}); wait for it or {hint}") from None
+                              f"(pid {holder.get('pid', '?')}, since {since}); wait for it or {hint}")
         outermost = TOKEN_ENV not in os.environ
         if outermost:  # its children inherit the token
             os.environ[TOKEN_ENV] = uuid.uuid4().hex
