@@ -235,7 +235,7 @@ class Study:
         """Hold the study folder while a stage computes something new into it (``lock.py``): a second study or a
         notebook run beside ``mmd2v2 study`` is refused, the study's own notebooks pass. Stages that find their
         results already made only read, and may run beside a writer."""
-        return folder_lock(self.run_dir, "a study (mmd2v2 study or a notebook)", "pass another run_dir")
+        return folder_lock(self.run_dir, "a study notebook", "pass another run_dir")
 
     # -------------------------------------------------------------- before anything runs (real profile)
     def preflight(self) -> list[str]:

@@ -108,8 +108,7 @@ def _peers(world: int) -> list[tuple[str, int]]:
 
 
 def _process_state(pid: int) -> str:
-    """"dead", "stopped" or "running"; a killed process its parent has not reaped yet (a zombie) is dead."""
-    stat = Path(f"/proc/{pid}/stat")
+    """A process's state: "dead", "stopped" or "running"; killed but not yet reaped by its parent (a zombie) is dead."""
     if not Path("/proc/self/stat").is_file():  # no /proc (macOS): only dead or alive
         try:
             os.kill(pid, 0)
@@ -117,7 +116,7 @@ def _process_state(pid: int) -> str:
             return "dead"
         return "running"
     try:
-        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
         return "dead"
     return {"Z": "dead", "X": "dead", "T": "stopped", "t": "stopped"}.get(state, "running")
@@ -339,6 +338,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     device = _device(cfg, local_rank)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=resolve_precision(cfg.optim.precision, device)))
     out_dir = Path(cfg.run.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # every rank: rank 0's lock made it, but perhaps not yet
     targets = _Targets(cfg, device)
     records = read_split(cfg.data.root, cfg.data.train_split)
     width = preset_from_config(cfg.student).config.width
