@@ -173,13 +173,22 @@ def test_rerun_continues_and_only_or_from_rerun_parts(smoke_study, capsys):
     assert "05_ablation_attention done" in out and "04_" not in out
 
 
-def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys):
+def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys, tmp_path):
     """Runs last in this module: it leaves the smoke study with a failed notebook."""
+    import shutil
+
     root, args = smoke_study
-    # 01 builds its training configs every time (even with the caches in place), so a bad override fails it
+    # a bad override is refused before any notebook runs: the disk budget resolves every run's config first
     assert main([*args, "--only", "01_teacher_targets", "-p", "optim.steps=abc"]) == 2
+    assert capsys.readouterr().err == "error: config key 'optim.steps': expected int, got str 'abc'\n"
+    broken = shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    notebook = nbformat.read(broken / "01_teacher_targets.ipynb", as_version=4)
+    cell = [c for c in notebook.cells if c.cell_type == "code"][2]
+    cell.source = 'raise ValueError("broken on purpose")\n' + cell.source
+    nbformat.write(notebook, broken / "01_teacher_targets.ipynb")
+    assert main([*args, "--only", "01_teacher_targets", "--notebooks", str(broken)]) == 2
     err = capsys.readouterr().err
-    assert "notebook 01_teacher_targets failed in cell" in err and "optim.steps" in err
+    assert "notebook 01_teacher_targets failed in cell" in err and "ValueError: broken on purpose" in err
     assert (root / "reports" / "notebooks" / "01_teacher_targets.ipynb").is_file()
     assert main([*args, "--only", "07_nothing"]) == 2
     assert "unknown notebook '07_nothing'" in capsys.readouterr().err
