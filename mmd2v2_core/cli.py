@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .errors import KitError
+from .lock import folder_lock
 from .paths import check_output
 from .profiles import PROFILES
 
@@ -221,11 +222,17 @@ def _report_tables(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from .runner import check_inputs, run_study
-
     check_output(args.reports, "--reports")
     if args.run_dir:
         check_output(args.run_dir, "--run-dir")
+    # held before the heavy imports: a second study on the folder is refused in a second, having written nothing
+    with folder_lock(args.run_dir or Path(f"runs/study-{args.profile}"), "mmd2v2 study", "pass another --run-dir"):
+        _study_locked(args)
+
+
+def _study_locked(args: argparse.Namespace) -> None:
+    from .runner import check_inputs, run_study
+
     nproc = args.nproc_per_node or max(1, _cuda_count())
     if args.gpu_memory and not args.plan:
         raise KitError("--gpu-memory sizes the batches of a plan: use it with --plan")

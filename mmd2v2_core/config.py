@@ -110,12 +110,17 @@ class RunConfig:
     out_dir: str = "runs/default"
     resume: str | None = None  # latest | a checkpoint folder | None
     checkpoint_every: int = 200
+    keep_checkpoints: int = 2  # newest step checkpoints kept (the best one is kept besides); each real one ≈ 1.5 GB
     val_every: int = 200  # 0: never validate (the study scores each run on the test splits right after)
     val_at_start: bool = True  # validate the untrained student first (the curves' step-0 baseline)
     log_every: int = 10
     tensorboard: bool = True
     wandb: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # Under torchrun: seconds a rank waits in a collective for the others before it stops, naming the rank that died
+    # or hung. Longer than the longest step rank 0 takes alone (a validation, a checkpoint save); PyTorch's own
+    # default is 30 minutes.
+    collective_timeout: int = 600
 
 
 @dataclass
@@ -190,6 +195,8 @@ def limits() -> dict[str, Range | tuple[str, ...]]:
         "optim.precision": ("fp32", "bf16", "fp16", "auto"),
         "optim.seed": Range(0, 2**32 - 1),  # what numpy and the sampler's generator accept
         "run.checkpoint_every": Range(1),
+        "run.keep_checkpoints": Range(1),
+        "run.collective_timeout": Range(1),
         "run.val_every": Range(0),
         "run.log_every": Range(1),
     }

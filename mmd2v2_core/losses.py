@@ -37,6 +37,7 @@ A bug of the original code that is fixed here:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -97,7 +98,9 @@ def gather_with_grad(x: Tensor) -> Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():  # deprecated for a private module's equivalent; it warned at every step
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
 def gather_no_grad(x: Tensor) -> Tensor:

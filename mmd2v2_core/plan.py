@@ -245,7 +245,9 @@ def write_plan(study, nproc_per_node: int = 1, warmup_steps: int = 0, device_gib
              f"# mmd2v2 study plan · profile {study.profile.name} · {study.run_dir}",
              "# One torchrun line per training run not finished yet (finished runs are never redone; a rerun line",
              "# resumes from the run's last checkpoint). On a cluster, each line is a job: set NNODES, NODE_RANK,",
-             "# MASTER_ADDR, MASTER_PORT and NPROC_PER_NODE as the scheduler gives them. Afterwards:",
+             "# MASTER_ADDR, MASTER_PORT and NPROC_PER_NODE as the scheduler gives them. A rank that dies stops the",
+             "# others within COLLECTIVE_TIMEOUT seconds, and torchrun restarts them all from the last checkpoint",
+             "# (MAX_RESTARTS times at most). Afterwards:",
              f"#   mmd2v2 study --profile {study.profile.name} --run-dir {study.run_dir} --data {study.data_dir}",
              "set -e"]
     for run in study.runs:
@@ -259,7 +261,7 @@ def write_plan(study, nproc_per_node: int = 1, warmup_steps: int = 0, device_gib
                       f"process(es), {fit['gib']:.1f} of {device_gib:g} GiB)") if fit else ""
             lines.append(f"# {run} seed {seed}: {cfg.optim.steps:,} steps × {cfg.optim.batch_size}{memory}, "
                          f"{cfg.data.num_workers} dataloader workers per process{cost}")
-            lines.append(" ".join(study.launch_command(study.write_config(run, seed), nproc_per_node, cluster=True)))
+            lines.append(" ".join(study.launch_command(run, seed, nproc_per_node, cluster=True)))
     path = study.run_dir / "plan" / "plan.sh"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -1,5 +1,6 @@
 """Before a real study trains anything: every prepared dataset, weight file and tokenizer its runs need, checked at
-once, so that a 10-hour plan does not stop at its fourth run for a file that was never downloaded.
+once, so that a 10-hour plan does not stop at its fourth run for a file that was never downloaded; and the disk its
+checkpoints and caches will fill, against the free space of its folder (every profile).
 
 Each missing item is one line naming it, where it was looked for, and how to get it; an item several runs need is
 listed once, with the runs.
@@ -7,11 +8,14 @@ listed once, with the runs.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from .config import TrainConfig, load_config
+from .data.index import load_manifest
 from .errors import DataError
 from .student.presets import preset_from_config
+from .train.checkpoint import checkpoint_bytes
 from .teachers.pretrained import cached_hub_file
 from .teachers.registry import get_spec, weights_dir, weights_location
 
@@ -114,3 +118,60 @@ def missing_inputs(study) -> list[str]:
         for line in dict.fromkeys([*filter(None, sources), *missing_weights(cfg)]):  # the teacher may also be a tower
             needs.setdefault(line, []).append(run)
     return missing_data(study) + [f"{line} (runs: {', '.join(runs)})" for line, runs in needs.items()]
+
+
+def _target_dim(cfg: TrainConfig) -> int:
+    """The width of the teacher's targets as the trainer sees them (what sizes the KD head and the memory bank)."""
+    if cfg.teacher.name == "none":
+        return 0
+    if cfg.teacher.whiten:
+        return preset_from_config(cfg.student).config.width
+    spec = get_spec(cfg.teacher.name)
+    return spec.num_classes if cfg.teacher.target == "logits" else spec.feature_dim
+
+
+def _frozen_cache_bytes(study) -> int:
+    """The real profile's frozen-feature caches not made yet (fp16 rows: the images or captions of the training
+    data's train and val splits and of the test sets)."""
+    from .study import REAL_BASELINES
+
+    if study.profile.synthetic:
+        return 0  # generated data, tens of megabytes of caches
+    splits = [(study.train_data, split) for split in ("train", "val")] + [(study.data(t), "test") for t in study.test_sets]
+    total = 0
+    for image, text, _ in REAL_BASELINES.values():
+        for (model, kind), rows in ((image, "images"), (text, "captions")):
+            if not (study.run_dir / "cache" / "frozen" / f"{model}-{kind}").is_dir():
+                n = sum(load_manifest(folder)["splits"].get(split, {}).get(rows, 0) for folder, split in splits)
+                total += n * get_spec(model).feature_dim * 2
+    return total // 2  # each (model, kind) appears in two rows
+
+
+def disk_problem(study) -> str | None:
+    """Why the study's unfinished runs will not fit its folder's disk, with the numbers, or None. Each run keeps its
+    newest ``run.keep_checkpoints`` checkpoints and its best one; one more exists while a save is written."""
+    data_made = (study.train_data / "manifest.json").is_file()  # synthetic profiles generate theirs first
+    sizes = []
+    for run in study.runs:
+        for seed in study.profile.seeds:
+            if data_made and study.trained(run, seed):
+                continue
+            # the layout alone sizes a checkpoint: without data.root and the caches, which may not be made yet
+            cfg = load_config(study.config_name(run), [*study.overrides_of(run, seed), "teacher.cache=null",
+                                                       "student.frontend_cache=null", "data.rendering_views=0"])
+            sizes.append((checkpoint_bytes(cfg, _target_dim(cfg)), cfg.run.keep_checkpoints))
+    if not sizes:
+        return None
+    caches = _frozen_cache_bytes(study)
+    need = sum(size * (keep + 1) for size, keep in sizes) + max(size for size, _ in sizes) + caches
+    where = next(p for p in (study.run_dir, *study.run_dir.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if need <= free:
+        return None
+    keeps = sorted({keep for _, keep in sizes})
+    return (f"{study.run_dir}: the study needs ≈ {need / 1e9:,.1f} GB but its disk has {free / 1e9:,.1f} GB free: "
+            f"{len(sizes)} unfinished run(s), checkpoints of {min(s for s, _ in sizes) / 1e9:,.2f}–"
+            f"{max(s for s, _ in sizes) / 1e9:,.2f} GB each (weights + AdamW state), {keeps[-1]} kept per run "
+            f"(run.keep_checkpoints) + its best + one being written" + (f", caches {caches / 1e9:,.1f} GB" if caches
+                                                                        else "") +
+            f". Free space, keep fewer checkpoints (-p run.keep_checkpoints=1) or pass another --run-dir")

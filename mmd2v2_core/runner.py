@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .data.index import write_text_atomic
 from .errors import ConfigError, KitError
+from .preflight import disk_problem
 from .report.builder import assemble
 from .study import NOTEBOOKS, Study
 
@@ -39,11 +40,15 @@ def _selection(done_dir: Path, only: str | None, start: str | None) -> list[str]
 
 
 def check_inputs(study: Study) -> None:
-    """Refuse, before anything trains, a study whose data or weights are missing: one line per missing item."""
+    """Refuse, before anything trains, a study whose data or weights are missing (one line per missing item) or whose
+    checkpoints and caches will not fit its disk."""
     missing = study.preflight() if not study.profile.synthetic else []
     if missing:
         raise ConfigError(f"the {study.profile.name} study cannot start; {len(missing)} input(s) missing:\n"
                           + "\n".join(f"  {line}" for line in missing))
+    problem = disk_problem(study)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _kernel_manager():

@@ -45,6 +45,7 @@ from .eval.baseline import CCABaseline, bag_of_words, fit_baseline, thumbnails
 from .eval.embed import encode_captions, encode_images, evaluate_retrieval, student_inputs
 from .eval.transfer import transfer_decomposition
 from .eval.zeroshot import imagenet_zero_shot
+from .lock import folder_lock
 from .paths import from_root
 from .plan import write_plan
 from .preflight import check_data, missing_inputs
@@ -70,6 +71,10 @@ REAL_BASELINES = {
     "cca_frozen_beitv2_bert": (("beitv2", "cls"), ("bert", "cls"), "smke"),  # the teacher × S-SMKE's text tower
 }
 FROZEN_INPUT_BASELINES = ("cca_frozen", "cca_frozen_views", *REAL_BASELINES)
+
+# torchrun restarts of a run whose rank died: each resumes from the last checkpoint (losing the steps since); an error
+# that comes back every time (a bug, an out-of-memory batch) stops the run after these.
+MAX_RESTARTS = 2
 
 NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining", "03_retrieval_eval",
              "04_ablation_teacher", "05_ablation_attention", "06_embeddings_and_browser")
@@ -238,6 +243,12 @@ class Study:
     def trained(self, run_name: str, seed: int) -> bool:
         return (self.final_checkpoint(run_name, seed) / "model.safetensors").is_file()
 
+    def writing(self):
+        """Hold the study folder while a stage computes something new into it (``lock.py``): a second study or a
+        notebook run beside ``mmd2v2 study`` is refused, the study's own notebooks pass. Stages that find their
+        results already made only read, and may run beside a writer."""
+        return folder_lock(self.run_dir, "a study notebook", "pass another run_dir")
+
     # -------------------------------------------------------------- before anything runs (real profile)
     def preflight(self) -> list[str]:
         """Every prepared dataset and weight file the study's runs need that is not here: one line each."""
@@ -247,14 +258,16 @@ class Study:
         """``<run_dir>/plan/plan.sh``: one torchrun line per training run not finished yet, each with its resolved
         config beside it; with ``warmup_steps``, the expected hours of each from a measured warm-up; with
         ``device_gib``, the per-device batch and accumulation of its memory plan on devices of that size."""
-        return write_plan(self, nproc_per_node, warmup_steps, device_gib)
+        with self.writing():
+            return write_plan(self, nproc_per_node, warmup_steps, device_gib)
 
     # -------------------------------------------------------------- stages
     def prepare_data(self) -> dict[str, Path]:
         """Synthetic profiles: generate the datasets (regenerated when stale: the folder holds only generated,
         reproducible data). Real: the prepared indexes, refused with what is missing and the command that makes it."""
         if self.profile.synthetic:
-            return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
+            with self.writing():
+                return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
         return check_data(self)
 
     def transfer_sets(self) -> dict[str, Path]:
@@ -262,7 +275,8 @@ class Study:
         synthetic profiles only)."""
         if not self.profile.synthetic:
             return {}
-        return generate_transfer_sets(self.data("synth-flickr"), self.transfer_data)
+        with self.writing():
+            return generate_transfer_sets(self.data("synth-flickr"), self.transfer_data)
 
     def build_caches(self) -> dict[str, dict]:
         """Targets of the pretrained teacher and of its random-init twin, for the train split (synthetic profiles;
@@ -270,17 +284,18 @@ class Study:
         report = {}
         if not self.profile.synthetic:
             return report
-        for key, run in (("pretrained", "smke"), ("random", "smke_random_teacher")):
-            cfg = self.config(run, 0, ["teacher.cache=null"])  # the cache is what is being made
-            teacher = teacher_from_config(cfg.teacher)
-            start = time.perf_counter()
-            built = build_cache(teacher, cfg.teacher.target, cfg.data.root, cfg.data.train_split, self.cache(key),
-                                preprocess_of(teacher, cfg.teacher.image_size), batch_size=128, num_workers=2)
-            seconds = time.perf_counter() - start
-            cache = TargetCache(self.cache(key))
-            report[key] = {"teacher": cache.meta["fingerprint"]["teacher"], "items": len(cache), "dim": cache.dim,
-                           "computed_shards": len(built.computed), "seconds": round(seconds, 1)}
-        report.update(self.build_frontend_caches())
+        with self.writing():
+            for key, run in (("pretrained", "smke"), ("random", "smke_random_teacher")):
+                cfg = self.config(run, 0, ["teacher.cache=null"])  # the cache is what is being made
+                teacher = teacher_from_config(cfg.teacher)
+                start = time.perf_counter()
+                built = build_cache(teacher, cfg.teacher.target, cfg.data.root, cfg.data.train_split, self.cache(key),
+                                    preprocess_of(teacher, cfg.teacher.image_size), batch_size=128, num_workers=2)
+                seconds = time.perf_counter() - start
+                cache = TargetCache(self.cache(key))
+                report[key] = {"teacher": cache.meta["fingerprint"]["teacher"], "items": len(cache), "dim": cache.dim,
+                               "computed_shards": len(built.computed), "seconds": round(seconds, 1)}
+            report.update(self.build_frontend_caches())
         return report
 
     def frontend(self) -> CachedFrontEnd:
@@ -307,16 +322,22 @@ class Study:
                 "computed_shards": "-", "seconds": round(time.perf_counter() - start, 1)}
         return report
 
-    def launch_command(self, config_file: Path, nproc_per_node: int, cluster: bool = False) -> list[str]:
-        """torchrun training one resolved config. ``cluster``: node count, rank and rendezvous from the environment
-        (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT; defaults: one node), as a scheduler's script sets them."""
+    def launch_command(self, run_name: str, seed: int, nproc_per_node: int, cluster: bool = False) -> list[str]:
+        """torchrun training one run from its resolved config (written under ``plan/``). A rank that dies (out of
+        memory, a lost node, a kill) makes the others stop within ``run.collective_timeout``; torchrun then restarts
+        every rank from the last checkpoint, ``MAX_RESTARTS`` times at most. ``cluster``: node count, rank, rendezvous,
+        restarts and timeout from the environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, MAX_RESTARTS,
+        COLLECTIVE_TIMEOUT; defaults: one node), as a scheduler's script sets them."""
+        config_file, timeout = self.write_config(run_name, seed), self.config(run_name, seed).run.collective_timeout
         if cluster:
             where = ["--nnodes=${NNODES:-1}", "--node_rank=${NODE_RANK:-0}",
                      f"--nproc_per_node=${{NPROC_PER_NODE:-{nproc_per_node}}}", "--master_addr=${MASTER_ADDR:-127.0.0.1}",
-                     "--master_port=${MASTER_PORT:-29500}"]
-            return ["torchrun", *where, "-m", "mmd2v2_core.cli", "train", "--config", shlex.quote(str(config_file))]
+                     "--master_port=${MASTER_PORT:-29500}", f"--max-restarts=${{MAX_RESTARTS:-{MAX_RESTARTS}}}"]
+            return ["torchrun", *where, "-m", "mmd2v2_core.cli", "train", "--config", shlex.quote(str(config_file)),
+                    f"run.collective_timeout=${{COLLECTIVE_TIMEOUT:-{timeout}}}"]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-                "-m", "mmd2v2_core.cli", "train", "--config", str(config_file)]
+                f"--max-restarts={MAX_RESTARTS}", "-m", "mmd2v2_core.cli", "train", "--config", str(config_file),
+                f"run.collective_timeout={timeout}"]
 
     def write_config(self, run_name: str, seed: int) -> Path:
         """The run's resolved config as a YAML file under ``plan/`` (what ``mmd2v2 train --config`` reads)."""
@@ -330,23 +351,27 @@ class Study:
         """Train (or finish training) one run; returns its final checkpoint."""
         final = self.final_checkpoint(run_name, seed)
         if not (final / "model.safetensors").is_file():
-            cfg = self.config(run_name, seed)
-            self.log(f"[run] {run_name} seed {seed} · start · {cfg.optim.steps} steps × {cfg.optim.batch_size} pairs "
-                     f"→ runs/{run_name}/{Path(cfg.run.out_dir).name}"
-                     + (f" · torchrun × {self.nproc_per_node}" if self.nproc_per_node > 1 else ""))
-            start = time.perf_counter()
-            if self.nproc_per_node > 1:
-                self._torchrun(run_name, seed)
-            else:
-                train(cfg)
-            summary = run_summary(cfg.run.out_dir)
-            self.log(f"[run] {run_name} seed {seed} · trained in {time.perf_counter() - start:.0f} s · "
-                     f"{summary['pairs_per_s']:.0f} pairs/s · loss {summary['first_loss']:.3f} → "
-                     f"{summary['final_loss']:.3f}")
+            with self.writing():
+                self._train(run_name, seed)
         return final
 
+    def _train(self, run_name: str, seed: int) -> None:
+        cfg = self.config(run_name, seed)
+        self.log(f"[run] {run_name} seed {seed} · start · {cfg.optim.steps} steps × {cfg.optim.batch_size} pairs "
+                 f"→ runs/{run_name}/{Path(cfg.run.out_dir).name}"
+                 + (f" · torchrun × {self.nproc_per_node}" if self.nproc_per_node > 1 else ""))
+        start = time.perf_counter()
+        if self.nproc_per_node > 1:
+            self._torchrun(run_name, seed)
+        else:
+            train(cfg)
+        summary = run_summary(cfg.run.out_dir)
+        self.log(f"[run] {run_name} seed {seed} · trained in {time.perf_counter() - start:.0f} s · "
+                 f"{summary['pairs_per_s']:.0f} pairs/s · loss {summary['first_loss']:.3f} → "
+                 f"{summary['final_loss']:.3f}")
+
     def _torchrun(self, run_name: str, seed: int) -> None:
-        command = self.launch_command(self.write_config(run_name, seed), self.nproc_per_node)
+        command = self.launch_command(run_name, seed, self.nproc_per_node)
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 or not self.trained(run_name, seed):
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
@@ -358,18 +383,20 @@ class Study:
         cached = self._cached(run_name, seed)
         if cached:
             return cached
-        student, cfg = load_trained_student(self.train(run_name, seed))
-        return self._score(student, cfg.data.tokenizer, run_name, seed)
+        with self.writing():
+            student, cfg = load_trained_student(self.train(run_name, seed))
+            return self._score(student, cfg.data.tokenizer, run_name, seed)
 
     def evaluate_unaligned(self, seed: int = 0) -> list[dict]:
         """The student before distillation: towers that never saw each other — the chance-level row."""
         cached = self._cached("unaligned", seed)
         if cached:
             return cached
-        cfg = self.config("mmd2v2_6", seed)
-        torch.manual_seed(seed)
-        student, _ = student_from_config(cfg)
-        return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed)
+        with self.writing():
+            cfg = self.config("mmd2v2_6", seed)
+            torch.manual_seed(seed)
+            student, _ = student_from_config(cfg)
+            return self._score(student.eval(), cfg.data.tokenizer, "unaligned", seed)
 
     def evaluate_baselines(self) -> list[dict]:
         """Every closed-form row of the study (``baselines``) on the test sets."""
@@ -380,18 +407,19 @@ class Study:
         cached = self._cached(name, 0)
         if cached:
             return cached
-        start = time.perf_counter()
-        baseline, fitted_on = self.fit_baseline(name)
-        fitted = {"fit_seconds": round(time.perf_counter() - start, 1), **fitted_on, **baseline.describe()}
-        results = []
-        for dataset in self.test_sets:
-            split = RetrievalSplit.from_index(self.data(dataset), "test")
-            result = {"dataset": dataset, "split": "test", "images": len(split.records),
-                      "captions": len(split.captions), "metrics": baseline.evaluate(split), **fitted}
-            results.append(self._save(result, name, 0))
-        self.log(f"[run] {name} · fitted in {fitted['fit_seconds']:.0f} s (ridge {fitted['ridge']:g}, picked on "
-                 "val) · mean recall " + ", ".join(f"{r['dataset']} {r['metrics']['mean']:.1f}" for r in results))
-        return results
+        with self.writing():
+            start = time.perf_counter()
+            baseline, fitted_on = self.fit_baseline(name)
+            fitted = {"fit_seconds": round(time.perf_counter() - start, 1), **fitted_on, **baseline.describe()}
+            results = []
+            for dataset in self.test_sets:
+                split = RetrievalSplit.from_index(self.data(dataset), "test")
+                result = {"dataset": dataset, "split": "test", "images": len(split.records),
+                          "captions": len(split.captions), "metrics": baseline.evaluate(split), **fitted}
+                results.append(self._save(result, name, 0))
+            self.log(f"[run] {name} · fitted in {fitted['fit_seconds']:.0f} s (ridge {fitted['ridge']:g}, picked on "
+                     "val) · mean recall " + ", ".join(f"{r['dataset']} {r['metrics']['mean']:.1f}" for r in results))
+            return results
 
     def fit_baseline(self, name: str) -> tuple[CCABaseline, dict]:
         """A closed-form row fitted on the training split (its ridge picked on val), and what it was fitted on."""
@@ -472,17 +500,18 @@ class Study:
         path = self.run_dir / "results" / "transfer" / f"{run_name}-{self.result_stem(run_name, seed)}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        if run_name in self.baselines:
-            baseline, _ = self.fit_baseline(run_name)
-            images_of, texts_of = baseline.embed_images, baseline.embed_texts
-        else:
-            images_of, texts_of = self._student_encoders(run_name, seed)
-        result = transfer_decomposition(self.data("synth-flickr"), self.transfer_sets(), images_of, texts_of,
-                                        test_drawing="flickr")
-        result.update(run=run_name, seed=seed, profile=self.profile.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
-        return result
+        with self.writing():
+            if run_name in self.baselines:
+                baseline, _ = self.fit_baseline(run_name)
+                images_of, texts_of = baseline.embed_images, baseline.embed_texts
+            else:
+                images_of, texts_of = self._student_encoders(run_name, seed)
+            result = transfer_decomposition(self.data("synth-flickr"), self.transfer_sets(), images_of, texts_of,
+                                            test_drawing="flickr")
+            result.update(run=run_name, seed=seed, profile=self.profile.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+            return result
 
     def _student_encoders(self, run_name: str, seed: int):
         """A trained run's encoders of a split's images and of its captions (at the profile's test precision)."""
@@ -498,16 +527,17 @@ class Study:
         path = self.run_dir / "results" / "imagenet" / f"{run_name}-{self.run_out(run_name, seed).name}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        student, cfg = load_trained_student(self.train(run_name, seed))
-        transform, tokenizer = student_inputs(student.to(self.device), cfg.data.tokenizer, device=self.device)
-        start = time.perf_counter()
-        result = {**imagenet_zero_shot(student, self.imagenet_dir, transform, tokenizer, device=self.device),
-                  "run": run_name, "seed": seed, "folder": str(self.imagenet_dir)}
-        self.log(f"[run] {run_name} seed {seed} · ImageNet zero-shot in {time.perf_counter() - start:.0f} s · "
-                 f"top-1 {result['top1']:.1f}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
-        return result
+        with self.writing():
+            student, cfg = load_trained_student(self.train(run_name, seed))
+            transform, tokenizer = student_inputs(student.to(self.device), cfg.data.tokenizer, device=self.device)
+            start = time.perf_counter()
+            result = {**imagenet_zero_shot(student, self.imagenet_dir, transform, tokenizer, device=self.device),
+                      "run": run_name, "seed": seed, "folder": str(self.imagenet_dir)}
+            self.log(f"[run] {run_name} seed {seed} · ImageNet zero-shot in {time.perf_counter() - start:.0f} s · "
+                     f"top-1 {result['top1']:.1f}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+            return result
 
     def run_all(self, runs: tuple[str, ...]) -> list[dict]:
         return [r for name in runs for seed in self.profile.seeds for r in self.evaluate(name, seed)]

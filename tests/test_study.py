@@ -13,6 +13,7 @@ import nbformat
 import pytest
 
 from mmd2v2_core.cli import main
+from mmd2v2_core.lock import LOCK_FILE
 from mmd2v2_core.study import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,13 +186,22 @@ def test_rerun_continues_and_only_or_from_rerun_parts(smoke_study, capsys):
     assert "05_ablation_attention done" in out and "04_" not in out
 
 
-def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys):
+def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys, tmp_path):
     """Runs last in this module: it leaves the smoke study with a failed notebook."""
+    import shutil
+
     root, args = smoke_study
-    # 01 builds its training configs every time (even with the caches in place), so a bad override fails it
+    # a bad override is refused before any notebook runs: the disk budget resolves every run's config first
     assert main([*args, "--only", "01_teacher_targets", "-p", "optim.steps=abc"]) == 2
+    assert capsys.readouterr().err == "error: config key 'optim.steps': expected int, got str 'abc'\n"
+    broken = shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    notebook = nbformat.read(broken / "01_teacher_targets.ipynb", as_version=4)
+    cell = [c for c in notebook.cells if c.cell_type == "code"][2]
+    cell.source = 'raise ValueError("broken on purpose")\n' + cell.source
+    nbformat.write(notebook, broken / "01_teacher_targets.ipynb")
+    assert main([*args, "--only", "01_teacher_targets", "--notebooks", str(broken)]) == 2
     err = capsys.readouterr().err
-    assert "notebook 01_teacher_targets failed in cell" in err and "optim.steps" in err
+    assert "notebook 01_teacher_targets failed in cell" in err and "ValueError: broken on purpose" in err
     assert (root / "reports" / "notebooks" / "01_teacher_targets.ipynb").is_file()
     assert main([*args, "--only", "07_nothing"]) == 2
     assert "unknown notebook '07_nothing'" in capsys.readouterr().err
@@ -209,7 +219,8 @@ def test_notebooks_run_from_the_notebooks_folder_reuse_the_study(smoke_study):
     shutil.copytree(ROOT / "notebooks", root / "notebooks", dirs_exist_ok=True)
 
     def computed():  # everything but the report sections each notebook rewrites
-        return {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*") if p.is_file() and "report" not in p.parts}
+        return {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*")
+                if p.is_file() and "report" not in p.parts and p.name != LOCK_FILE}  # a lock records its holder
 
     before = computed()
     for name in NOTEBOOKS:

@@ -39,6 +39,7 @@ from ..data.index import load_manifest, read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import DataError, clean_worker_errors
+from ..lock import folder_lock
 from ..progress import progress
 from .registry import Teacher
 from .targets import compute_target
@@ -158,7 +159,13 @@ def _write_cache(extract: Callable, fp: dict, ids, rows: Dataset, probe, out_dir
                  shard_size: int, num_workers: int, overwrite: bool, desc: str, collate=None) -> CacheBuild:
     """``extract`` (a batch of ``rows`` as ``collate`` makes it → [B, …]) on every row, flattened, in fp16 shards;
     row r has id ``ids[r]``; ``probe``: one batch, to read the feature size off."""
-    out_dir = Path(out_dir)
+    with folder_lock(out_dir, "a cache build", "choose another cache folder"):  # under torchrun rank 0 holds it for all ranks
+        return _write_locked(extract, fp, ids, rows, probe, Path(out_dir), batch_size, shard_size, num_workers,
+                             overwrite, desc, collate)
+
+
+def _write_locked(extract, fp, ids, rows, probe, out_dir: Path, batch_size, shard_size, num_workers, overwrite, desc,
+                  collate) -> CacheBuild:
     n, n_shards = len(rows), -(-len(rows) // shard_size)
     rank, world = _dist_rank_world()
     meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "fingerprint": fp, "items": n,

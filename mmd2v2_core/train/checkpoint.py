@@ -33,6 +33,7 @@ from ..config import TrainConfig, from_dict
 from ..data.index import write_text_atomic
 from ..errors import DataError
 from ..student.model import MultimodalStudent, StudentConfig
+from ..student.presets import preset_from_config
 from ..teachers.checkpoints import unpickling_refusal
 from .objective import Objective, Trainable
 
@@ -191,3 +192,18 @@ def load_trained_student(path: str | Path) -> tuple[MultimodalStudent, TrainConf
     target_dim = student_cfg.kd_dim or student_cfg.num_classes
     load_checkpoint(path, Trainable(student, Objective(cfg, target_dim)))
     return student.eval(), cfg
+
+
+def checkpoint_bytes(cfg: TrainConfig, target_dim: int) -> int:
+    """The size of one checkpoint of ``cfg``'s run, from its parameter counts (built on the meta device: no memory, no
+    weights read): every weight and buffer of the student and the loss module, and AdamW's two fp32 moments of each
+    trainable parameter. ``target_dim``: the teacher target's width (the KD head's output)."""
+    if cfg.loss.kd == "shre":
+        derived = {"kd_dim": 0, "num_classes": target_dim}
+    else:  # without a KD head the CLS itself regresses the target: its width is the student's
+        derived = {"kd_dim": target_dim if preset_from_config(cfg.student).config.kd_head else 0}
+    with torch.device("meta"):
+        model = Trainable(MultimodalStudent(preset_from_config(cfg.student, **derived).config),
+                          Objective(cfg, target_dim))
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return weights + sum(2 * 4 * p.numel() for p in model.parameters() if p.requires_grad)

@@ -14,10 +14,12 @@ SIGTERM ends the step under way, saves a checkpoint and returns; Ctrl-C (SIGINT)
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import signal
+import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -36,6 +38,7 @@ from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import ConfigError, DataError, KitError, clean_worker_errors
 from ..eval.embed import embed_split
 from ..eval.retrieval import recall_at_k
+from ..lock import folder_lock
 from ..losses import gather_no_grad
 from ..progress import progress
 from ..student.frontend_cache import CachedFrontEnd
@@ -57,6 +60,10 @@ class TrainingDiverged(KitError):
     """The loss became NaN or infinite."""
 
 
+class RankLost(KitError):
+    """Under torchrun, this rank's collectives failed: another rank died, or hung past ``run.collective_timeout``."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training after the step under way, which was saved. A KeyboardInterrupt, so that a caller
     (a notebook cell, a script) stops too instead of carrying on with a half-trained student."""
@@ -76,12 +83,68 @@ class TrainResult:
     skipped_images: list[dict] = field(default_factory=list)  # files that broke after indexing
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world, local_rank) from torchrun's environment; initialises the process group once."""
+def _distributed(timeout_s: int) -> tuple[int, int, int]:
+    """(rank, world, local_rank) from torchrun's environment; initialises the process group once, its collectives
+    giving up after ``timeout_s`` seconds."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store, rank, world = next(torch.distributed.rendezvous("env://", timeout=timeout))
+        # torchrun --max-restarts keeps its store across restarts: keyed by the restart, a restarted rank cannot read
+        # the address of a worker that died (gloo then failed with "Connection refused")
+        store = torch.distributed.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/", store)
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=store, rank=rank,
+                                             world_size=world, timeout=timeout)
     return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _peers(world: int) -> list[tuple[str, int]]:
+    """(host, pid) of every rank, gathered at the start: what names a rank that dies later."""
+    if world == 1:
+        return [(socket.gethostname(), os.getpid())]
+    peers = [None] * world
+    torch.distributed.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    return peers
+
+
+def _process_state(pid: int) -> str:
+    """A process's state: "dead", "stopped" or "running"; killed but not yet reaped by its parent (a zombie) is dead."""
+    if not Path("/proc/self/stat").is_file():  # no /proc (macOS): only dead or alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "dead"
+        return "running"
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "dead"
+    return {"Z": "dead", "X": "dead", "T": "stopped", "t": "stopped"}.get(state, "running")
+
+
+def _collective_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, torch.distributed.DistError) or "gloo" in text or "NCCL" in text
+
+
+def _rank_lost(exc: BaseException, rank: int, peers: list[tuple[str, int]], step: int, timeout_s: int) -> str:
+    """What this rank can say about the others after its collectives failed: the ranks on its host whose process died
+    or stopped, else that some rank (elsewhere, or hung) did not answer."""
+    host = socket.gethostname()
+    for _ in range(20):  # a killed process closes its sockets a moment before the kernel marks it dead
+        found = [f"rank {r} (pid {pid}) {'died' if state == 'dead' else 'stopped answering'}"
+                 for r, (h, pid) in enumerate(peers) if r != rank and h == host
+                 for state in [_process_state(pid)] if state != "running"]
+        if found:
+            break
+        time.sleep(0.1)
+    if found:
+        return f"{', '.join(found)} at step {step + 1}"
+    elsewhere = [str(r) for r, (h, _) in enumerate(peers) if h != host]
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (f"rank {rank} lost the other ranks at step {step + 1} (a rank died or hung longer than "
+            f"run.collective_timeout={timeout_s} s" + (f"; ranks on other hosts: {', '.join(elsewhere)}" if elsewhere
+                                                        else "") + f": {reason[:200]})")
 
 
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
@@ -263,13 +326,19 @@ class _Logger:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    rank, world, local_rank = _distributed()
-    device = _device(cfg, local_rank)
-    cfg = replace(cfg, optim=replace(cfg.optim, precision=resolve_precision(cfg.optim.precision, device)))
     if not cfg.data.root:
         raise ConfigError("data.root is not set: point it at a prepared dataset (manifest.json)")
+    with folder_lock(cfg.run.out_dir, "mmd2v2 train", "pass another run.out_dir"):  # rank 0 holds it for all ranks
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
+    rank, world, local_rank = _distributed(cfg.run.collective_timeout)
+    peers = _peers(world)
+    device = _device(cfg, local_rank)
+    cfg = replace(cfg, optim=replace(cfg.optim, precision=resolve_precision(cfg.optim.precision, device)))
     out_dir = Path(cfg.run.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # every rank: rank 0's lock made it, but perhaps not yet
     targets = _Targets(cfg, device)
     records = read_split(cfg.data.root, cfg.data.train_split)
     records += [r for source in source_folders(cfg.data) for r in read_split(source, "train")]
@@ -356,7 +425,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "best": best,
                  "val_history": val_history}
-        return save_checkpoint(out_dir, step, model, state, to_yaml(cfg), student.config_dict())
+        return save_checkpoint(out_dir, step, model, state, to_yaml(cfg), student.config_dict(),
+                               keep=cfg.run.keep_checkpoints)
 
     if step == 0 and rank == 0 and not val_history and cfg.run.val_at_start:
         validate()  # the untrained student: the baseline every later score is read against
@@ -430,6 +500,13 @@ def train(cfg: TrainConfig) -> TrainResult:
                     mark_best(out_dir, ckpt)
             if stop["signal"]:
                 break
+    except RuntimeError as exc:
+        if world == 1 or not _collective_failure(exc):
+            raise
+        again = "the same command" + ("" if cfg.run.resume == "latest" else " with run.resume=latest")
+        raise RankLost(f"{_rank_lost(exc, rank, peers, step, cfg.run.collective_timeout)}; the last checkpoint is "
+                       f"{find_checkpoint(out_dir, 'latest') or 'none'}: to continue from it, run {again} "
+                       "(torchrun --max-restarts does that by itself)") from None
     finally:
         bar.close()
         logger.close()

@@ -8,6 +8,8 @@ The kill is real (no exception, no cleanup, no ``finally``); only its moment is 
 
 MODE ``ctrl-c:K`` instead sends SIGINT K times to the whole process group, as Ctrl-C in a terminal does
 (run it in a session of its own), and lets the call go on: what happens next is the command's own doing.
+
+MODE ``pause:S`` sleeps S seconds before the call: the command stays busy there, holding what it holds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 
@@ -32,7 +35,9 @@ def _patch(target: str, nth: int, mode: str) -> None:
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == nth and mode.startswith("ctrl-c:"):
+        if calls["n"] == nth and mode.startswith("pause:"):
+            time.sleep(float(mode.split(":")[1]))
+        elif calls["n"] == nth and mode.startswith("ctrl-c:"):
             for _ in range(int(mode.split(":")[1])):
                 os.killpg(os.getpgid(0), signal.SIGINT)  # Python runs the handler before the next line
         elif calls["n"] == nth:

@@ -184,3 +184,32 @@ def test_disk_full_while_writing_the_index(smoke, tmp_path, cli, monkeypatch):
     assert_clear_error(out, out_dir / "train.jsonl", "No space left on device")
     assert not (out_dir / "manifest.json").exists()
     assert not [p.name for p in out_dir.iterdir() if p.name.startswith(".")], "hidden temporary file left behind"
+
+
+@pytest.mark.parametrize("plan", [False, True], ids=["study", "study --plan"])
+def test_a_study_that_cannot_fit_its_disk(tmp_path, cli, monkeypatch, plan):
+    """The disk of --run-dir has 1 GB free; the smoke study's 9 runs need ≈ 1.5 GB of checkpoints (3 kept per run,
+    one being written): refused before any data, cache or run is made, with the numbers and run.keep_checkpoints."""
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=10**9))
+    run_dir = tmp_path / "study"
+    out = cli("study", "--profile", "smoke", "--run-dir", run_dir, "--reports", tmp_path / "reports",
+              *(["--plan"] if plan else []))
+    line = assert_clear_error(out, str(run_dir), "the study needs ≈ 1.5 GB but its disk has 1.0 GB free",
+                              "9 unfinished run(s)", "run.keep_checkpoints", "-p run.keep_checkpoints=1")
+    assert "checkpoints of 0.05–0.05 GB each" in line
+    assert sorted(p.name for p in run_dir.iterdir()) == [".mmd2v2.lock"]  # nothing made but the folder's lock
+
+
+def test_checkpoint_size_estimate_matches_a_saved_checkpoint(smoke, tmp_path, cli):
+    """What the disk budget assumes per checkpoint (parameter counts: weights, buffers, AdamW moments) is within 1 %
+    of a checkpoint the smoke preset writes."""
+    from mmd2v2_core.config import load_config
+    from mmd2v2_core.preflight import _target_dim
+
+    run = tmp_path / "run"
+    assert cli(*_train(smoke, run, "optim.steps=2", "run.val_every=100", "run.val_at_start=false")).code == 0
+    saved = sum(f.stat().st_size for f in (run / "checkpoints" / "step_0000002").iterdir())
+    cfg = load_config("smoke")
+    estimate = ckpt_module.checkpoint_bytes(cfg, _target_dim(cfg))
+    assert abs(estimate - saved) < 0.01 * saved, (estimate, saved)

@@ -1,0 +1,162 @@
+"""Writers: two commands writing one folder at once — a study, a training run, a target cache. The second ends at
+once with one line naming the folder and the process that holds it (exit 2), having written nothing; the first
+finishes as if alone. The lock dies with its holder: after a SIGKILL the next command starts without clean-up.
+Readers (a finished checkpoint scored beside a training run) are not held up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmd2v2_core.errors import KitError
+from mmd2v2_core.lock import LOCK_FILE
+from mmd2v2_core.study import Study
+
+from .conftest import assert_clear_error
+from .test_interruptions import KILL_AT, REPO, _one_error_line
+
+ENV = {**os.environ, "MMD2V2_PROGRESS": "off"}
+
+
+def _mmd2v2(log: Path, *args, **kw) -> subprocess.Popen:
+    """`mmd2v2 ARGS` in the background, its output in ``log`` (a pipe nobody reads would stall it)."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "mmd2v2_core.cli", *map(str, args)], cwd=REPO, env=ENV,
+                                stdout=out, stderr=subprocess.STDOUT, **kw)
+
+
+def _paused(target: str, nth: int, seconds: int, *args) -> subprocess.Popen:
+    """`mmd2v2 ARGS` that stops for ``seconds`` at the nth call of ``target``, holding its folder meanwhile."""
+    return subprocess.Popen([sys.executable, KILL_AT, target, str(nth), f"pause:{seconds}", "--", *map(str, args)],
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _holding(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> dict:
+    """Wait until ``proc`` holds ``folder`` (its lock file names it); the holder's record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the first writer ended early (exit {proc.returncode})"
+        try:
+            record = json.loads((folder / LOCK_FILE).read_text() or "{}")
+        except (FileNotFoundError, json.JSONDecodeError):
+            record = {}
+        if record.get("pid") == proc.pid:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"{folder} was never locked by pid {proc.pid}")
+
+
+def _second(seen, *args) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", *map(str, args)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - start
+    seen(f"second writer: exit {done.returncode} after {seconds:.1f} s: {done.stderr.strip()}")
+    return done, seconds
+
+
+def _metrics(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): json.loads(p.read_text())["metrics"]
+            for p in (run_dir / "results").rglob("*.json") if p.parent.name != "transfer"}
+
+
+def test_two_studies_on_one_folder(tmp_path, seen):
+    """`mmd2v2 study` twice on one --run-dir (make study, and the same notebooks started again): the second ends in
+    under 5 s with one line naming the folder, `mmd2v2 study`, its pid and start time, exit 2, no reports folder made;
+    a notebook's own Study is refused the same way; the first finishes with the results of an undisturbed study."""
+    run_dir, alone = tmp_path / "study", tmp_path / "alone"
+    short = ["-p", "optim.steps=6"]  # the whole study, each run shortened: the two studies only need to agree
+    first = _mmd2v2(tmp_path / "first.log", "study", "--profile", "smoke", "--run-dir", run_dir, "--reports",
+                    tmp_path / "reports", *short, start_new_session=True)
+    undisturbed = _mmd2v2(tmp_path / "alone.log", "study", "--profile", "smoke", "--run-dir", alone, "--reports",
+                          tmp_path / "alone-reports", *short, start_new_session=True)
+    try:
+        holder = _holding(run_dir, first)
+        done, seconds = _second(seen, "study", "--profile", "smoke", "--run-dir", run_dir, "--reports",
+                                tmp_path / "second-reports", *short)
+        line = _one_error_line(done)
+        since = time.strftime("%H:%M", time.localtime(holder["since"]))
+        assert done.returncode == 2 and seconds < 5, (done.returncode, seconds)
+        assert line == (f"error: {run_dir} is in use by mmd2v2 study (pid {first.pid}, since {since}); wait for it "
+                        "or pass another --run-dir")
+        assert not (tmp_path / "second-reports").exists()
+        with pytest.raises(KitError, match=f"is in use by mmd2v2 study \\(pid {first.pid}") as refused:
+            Study("smoke", run_dir).prepare_data()  # a notebook run in JupyterLab beside it: its first stage
+        seen(f"a notebook's Study beside it: {refused.value}")
+        assert first.wait(timeout=1800) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        assert undisturbed.wait(timeout=1800) == 0, (tmp_path / "alone.log").read_text()[-3000:]
+    finally:
+        for study in (first, undisturbed):  # runner and kernel
+            if study.poll() is None:
+                os.killpg(study.pid, signal.SIGKILL)
+    disturbed, reference = _metrics(run_dir), _metrics(alone)
+    assert len(disturbed) == 24 and disturbed == reference
+    seen(f"first study: exit 0, its {len(disturbed)} results equal an undisturbed study's")
+
+
+def test_a_killed_study_leaves_no_stale_lock(tmp_path, cli, seen):
+    """SIGKILL of the study holding the folder (runner and kernel): the next study on it starts at once, without
+    clean-up."""
+    run_dir, reports = tmp_path / "study", tmp_path / "reports"
+    first = _mmd2v2(tmp_path / "first.log", "study", "--profile", "smoke", "--run-dir", run_dir, "--reports", reports,
+                    start_new_session=True)
+    _holding(run_dir, first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    seen(f"SIGKILL of the study holding {run_dir.name} (pid {first.pid})")
+    assert (run_dir / LOCK_FILE).is_file()  # the record stays; the lock went with its process
+    assert cli("study", "--profile", "smoke", "--run-dir", run_dir, "--reports", reports,
+               "--only", "00_data_prep").code == 0
+
+
+def _train(data, out, *extra):
+    return ["train", "--config", "smoke", f"data.root={data}", f"run.out_dir={out}", "optim.steps=6",
+            "run.checkpoint_every=2", "run.val_every=100", "run.val_at_start=false", "data.num_workers=0", *extra]
+
+
+def test_two_training_runs_on_one_folder_and_a_reader(smoke_source, tmp_path, seen):
+    """`mmd2v2 train` into a run folder another training run writes: exit 2 naming it; scoring that run's finished
+    checkpoint beside it (a reader) works."""
+    data, out = smoke_source["synth-coco"], tmp_path / "run"
+    first = _paused("torch.optim:AdamW.step", 3, 60, *_train(data, out))  # busy at step 3, step 2 saved
+    try:
+        _holding(out, first)
+        while not (out / "checkpoints" / "step_0000002").is_dir():
+            time.sleep(0.05)
+        done, seconds = _second(seen, *_train(data, out))
+        line = _one_error_line(done)
+        assert done.returncode == 2 and seconds < 15
+        assert line.startswith(f"error: {out} is in use by mmd2v2 train (pid {first.pid}, since ")
+        assert line.endswith("wait for it or pass another run.out_dir")
+        reader = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", "eval", "retrieval", "--checkpoint",
+                                 out / "checkpoints" / "step_0000002", "--data", data, "--split", "val"], cwd=REPO,
+                                env=ENV, capture_output=True, text=True, timeout=300)
+        seen(f"reader beside it (eval retrieval on step_0000002): exit {reader.returncode}")
+        assert reader.returncode == 0 and "image→text" in reader.stdout, reader.stderr[-2000:]
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_two_target_caches_into_one_folder(smoke_source, tmp_path, cli):
+    """`mmd2v2 targets --out C` while another `targets` fills C: exit 2 naming the folder and the cache build; once
+    the first is gone, the same command completes the cache."""
+    data, cache = smoke_source["synth-coco"], tmp_path / "cache"
+    args = ["targets", "--teacher", "efficientnet-lite0", "--tiny", "--kind", "pooled", "--image-size", "32",
+            "--data", data, "--out", cache, "--shard-size", "48", "--batch-size", "16"]
+    first = _paused("numpy:save", 2, 60, *args)  # ids written, busy before its first shard
+    try:
+        _holding(cache, first)
+        line = assert_clear_error(cli(*args), str(cache), f"in use by a cache build (pid {first.pid}, since")
+        assert line.endswith("wait for it or choose another cache folder")
+    finally:
+        first.kill()
+        first.wait()
+    assert cli(*args).code == 0
