@@ -68,12 +68,13 @@ def saved_bytes(model: torch.nn.Module, inputs: dict) -> int:
 
 
 def target_dim(cfg) -> int:
-    """Width of the run's teacher target: the student's own where its CLS regresses it (no KD head: training
-    requires the target at that width), else the real teacher's features (or logits for a ``logits`` target)."""
+    """Width of the run's teacher target as the trainer sees it: the student's own when whitened to it, or where its
+    CLS regresses the target (no KD head: training requires that width), else the real teacher's features (its
+    logits for a ``logits`` target)."""
     if cfg.teacher.name == "none":
         return 0
     preset = preset_from_config(cfg.student)
-    if not preset.config.kd_head and cfg.loss.kd != "shre":
+    if cfg.teacher.whiten or (not preset.config.kd_head and cfg.loss.kd != "shre"):
         return preset.config.width
     spec = get_spec(cfg.teacher.name)
     return spec.num_classes if cfg.teacher.target == "logits" else spec.feature_dim

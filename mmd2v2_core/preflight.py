@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import TrainConfig, load_config
 from .data.index import load_manifest
 from .errors import DataError
+from .memory import target_dim
 from .student.presets import preset_from_config
 from .train.checkpoint import checkpoint_bytes
 from .teachers.pretrained import cached_hub_file
@@ -120,16 +121,6 @@ def missing_inputs(study) -> list[str]:
     return missing_data(study) + [f"{line} (runs: {', '.join(runs)})" for line, runs in needs.items()]
 
 
-def _target_dim(cfg: TrainConfig) -> int:
-    """The width of the teacher's targets as the trainer sees them (what sizes the KD head and the memory bank)."""
-    if cfg.teacher.name == "none":
-        return 0
-    if cfg.teacher.whiten:
-        return preset_from_config(cfg.student).config.width
-    spec = get_spec(cfg.teacher.name)
-    return spec.num_classes if cfg.teacher.target == "logits" else spec.feature_dim
-
-
 def _frozen_cache_bytes(study) -> int:
     """The real profile's frozen-feature caches not made yet (fp16 rows: the images or captions of the training
     data's train and val splits and of the test sets)."""
@@ -159,7 +150,7 @@ def disk_problem(study) -> str | None:
             # the layout alone sizes a checkpoint: without data.root and the caches, which may not be made yet
             cfg = load_config(study.config_name(run), [*study.overrides_of(run, seed), "teacher.cache=null",
                                                        "student.frontend_cache=null", "data.rendering_views=0"])
-            sizes.append((checkpoint_bytes(cfg, _target_dim(cfg)), cfg.run.keep_checkpoints))
+            sizes.append((checkpoint_bytes(cfg, target_dim(cfg)), cfg.run.keep_checkpoints))
     if not sizes:
         return None
     caches = _frozen_cache_bytes(study)
