@@ -38,7 +38,8 @@ def prepare(folder: Path, resize: int | None) -> Path:
     from real_fixture import _photos, _write_coco
 
     json_path, images = _write_coco(folder / "coco", _photos(side=640, copies=2))
-    return index_karpathy(json_path, images, folder / "prepared", resize=resize)
+    index_karpathy(json_path, images, folder / "prepared", resize=resize)
+    return folder / "prepared"
 
 
 def decode_rate(prepared: Path) -> float:
@@ -61,7 +62,8 @@ def main() -> None:
             prepared = prepare(Path(tmp) / str(resize), resize)
             decode = decode_rate(prepared)
             for recipe, config in RECIPES.items():
-                cfg = load_config(config, [f"data.root={prepared}", "data.tokenizer=packaged-minilm", "optim.batch_size=16"])
+                cfg = load_config(config, [f"data.root={prepared}", "data.tokenizer=packaged-minilm", "optim.batch_size=16",
+                                           "data.sources=[]"])  # COCO-sized photos are what is measured
                 rate = input_rate(cfg, args.pairs)
                 workers = workers_needed(rate_per_device, rate)
                 print(f"{label} · {recipe}: {rate:.0f} pairs/s per worker (decode alone {decode:.0f} images/s); "

@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_VERSION = "3"  # bump when tests/real_fixture.py changes what it writes
 # What every run is given here: a CPU-sized batch and 2 steps with a checkpoint after each; bf16 where the CPU has it.
+MEMORY = "memory-plan"  # the child that measures the memory plan instead of a run
 DRY_RUN = ["optim.steps=2", "optim.batch_size=2", "data.num_workers=0", "optim.precision=auto",
            "run.checkpoint_every=1", "run.log_every=1", "run.tensorboard=false"]
 
@@ -128,6 +129,24 @@ def dry_run(run: str) -> dict:
             "scored": {r["dataset"]: r["metrics"]["mean"] for r in results}}
 
 
+def memory_tables() -> str:
+    """The memory plan of the real study (``plan.memory_plan``) for 24- and 80-GiB devices, 1 and 2 processes."""
+    from mmd2v2_core.plan import memory_markdown, memory_plan
+    from mmd2v2_core.study import Study
+
+    study = Study("real", Path.cwd() / "study", ["data.num_workers=0"], log=lambda line: None,
+                  data_dir=os.environ["MMD2V2_DRY_RUN_DATA"],
+                  run_overrides={r: [f"data.tokenizer={os.environ['MMD2V2_DRY_RUN_TOKENIZER']}"]
+                                 for r in study_runs("real_mmd2v2")})
+    return "\n\n".join(memory_markdown(memory_plan(study, gib, nproc)) for gib, nproc in ((24, 1), (24, 2), (80, 1)))
+
+
+def study_runs(config: str) -> list[str]:
+    from mmd2v2_core.profiles import PROFILES
+
+    return [run for run in PROFILES["real"].run if study_config(run) == config]
+
+
 def study_config(run: str) -> str:
     from mmd2v2_core.profiles import PROFILES
 
@@ -162,7 +181,7 @@ def markdown(results: list[dict], size: str, total_s: float) -> str:
              "|---|---|---:|---:|---:|---:|---|---:|---|---|"]
     for r in results:
         t, p = r["times"], r["parameters"]
-        std = ", ".join(f"{s:.2f}" for s in r["target_std"] if s is not None) or "-"
+        std = ", ".join(f"{s:.3g}" for s in r["target_std"] if s is not None) or "-"
         lines.append(f"| {r['run']} | {r['teacher']} | {t['train']:.0f} | {t['resume']:.0f} | "
                      f"{t['score']:.0f} | {r['peak_rss_gib']:.1f} | {p['loaded'] / 1e6:.1f} / {p['trainable'] / 1e6:.1f}"
                      f" / {p['total'] / 1e6:.1f} | {r['checkpoint_gib']:.2f} | {std} | "
@@ -177,10 +196,11 @@ def main() -> None:
                         help="tiny: the tests' width-32 fixture (a check of this script in seconds)")
     parser.add_argument("--runs", default=None, help="comma-separated runs of the real profile (default: all)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave reports/benchmarks.md alone")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory plan (no run is trained)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: run this one and print its JSON
     args = parser.parse_args()
     if args.one:
-        print("DRY-RUN " + json.dumps(dry_run(args.one)), flush=True)
+        print("DRY-RUN " + json.dumps(memory_tables() if args.one == MEMORY else dry_run(args.one)), flush=True)
         return
 
     from mmd2v2_core.profiles import PROFILES
@@ -191,6 +211,21 @@ def main() -> None:
         sys.exit(f"error: unknown run {unknown[0]!r}; the real profile's runs: {', '.join(PROFILES['real'].run)}")
     root = args.root.expanduser() / args.size
     env = fixture(root, args.size)
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", MEMORY], cwd=root / "files",
+                          env={**os.environ, **env}, capture_output=True, text=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("DRY-RUN ")), None)
+    if done.returncode != 0 or line is None:
+        sys.exit("memory plan failed:\n" + "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:]))
+    tables = json.loads(line[len("DRY-RUN "):])
+    print(tables, flush=True)
+    if not args.no_write:
+        write_section(f"memory_plan_{args.size}", "\n".join([
+            "## Memory plan of the real study (`mmd2v2 study --profile real --plan --gpu-memory GIB`)", "",
+            f"{machine()}. Each run's step memory measured on the dry run's fixture (size `{args.size}`), from its "
+            "own model, objective and teacher; the per-device batch and accumulation that keep its global batch.", "",
+            tables]))
+    if args.memory_only:
+        return
     results, failed, start = [], [], time.perf_counter()
     for run in runs:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", run], cwd=root / "files",

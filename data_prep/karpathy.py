@@ -153,7 +153,7 @@ def index_karpathy(
     ``supercategories`` (COCO id → label, ``coco_instances.dominant_supercategories``) is stored in each COCO
     entry's ``extra.supercategory``; ids it lacks are noted. ``resize``: the index points at copies whose shorter
     side is at most ``resize`` px (JPEG, under ``out_dir/images``): a training worker then decodes and resizes
-    ~2.7× more pairs per second (``bench/bench_input.py``) for a 224-px student.
+    ~2.2× more pairs per second (``bench/bench_input.py``) for a 224-px student.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")

@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     karpathy.add_argument("--workers", type=_at_least(0), default=None, help="image-checking threads")
     karpathy.add_argument("--resize", type=_at_least(32), default=None, metavar="SIDE",
                           help="index copies of the images with the shorter side at most SIDE px (e.g. 256), written "
-                               "under --out/images: training decodes them ~2.7× faster per worker")
+                               "under --out/images: training decodes them ~2.2× faster per worker")
     karpathy.add_argument("--instances", type=Path, action="append", default=[],
                           help="COCO instances_*.json (repeat for train2014 and val2014): stores each image's "
                                "dominant supercategory, which colours the real study's embedding map")
