@@ -130,11 +130,13 @@ def dry_run(run: str) -> dict:
 
 
 def memory_tables() -> str:
-    """The memory plan of the real study (``plan.memory_plan``) for 24- and 80-GiB devices, 1 and 2 processes."""
+    """The memory plan of the real study (``plan.memory_plan``) for 24- and 80-GiB devices, 1 and 2 processes (at
+    the tests' size: of the tiny students, and a batch the tiny fixture holds)."""
     from mmd2v2_core.plan import memory_markdown, memory_plan
     from mmd2v2_core.study import Study
 
-    study = Study("real", Path.cwd() / "study", ["data.num_workers=0"], log=lambda line: None,
+    tiny = ["student.size=tiny", "optim.batch_size=8"] if os.environ["MMD2V2_DRY_RUN_SIZE"] == "tiny" else []
+    study = Study("real", Path.cwd() / "study", ["data.num_workers=0", *tiny], log=lambda line: None,
                   data_dir=os.environ["MMD2V2_DRY_RUN_DATA"],
                   run_overrides={r: [f"data.tokenizer={os.environ['MMD2V2_DRY_RUN_TOKENIZER']}"]
                                  for r in study_runs("real_mmd2v2")})

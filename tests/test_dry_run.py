@@ -1,5 +1,6 @@
 """``bench/dry_run_real.py`` at the tests' size: the script that proves the real study at real size, itself tested —
-a run trains through the study, resumes bit for bit and is scored; a checkpoint its converter cannot read fails it."""
+a run trains through the study, resumes bit for bit and is scored, the memory plan is measured; a checkpoint its
+converter cannot read fails it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def test_a_run_trains_resumes_identically_and_is_scored(root):
     done = _dry_run(root, "smke")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "fixture (tiny) written" in done.stdout
+    assert "Memory plan: devices of 80 GiB (80% usable), 1 process(es)" in done.stdout  # the memory child ran too
     assert done.stdout.rstrip().endswith("parameters loaded — ok"), done.stdout
 
 
