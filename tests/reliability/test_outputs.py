@@ -205,11 +205,11 @@ def test_checkpoint_size_estimate_matches_a_saved_checkpoint(smoke, tmp_path, cl
     """What the disk budget assumes per checkpoint (parameter counts: weights, buffers, AdamW moments) is within 1 %
     of a checkpoint the smoke preset writes."""
     from mmd2v2_core.config import load_config
-    from mmd2v2_core.preflight import _target_dim
+    from mmd2v2_core.memory import target_dim
 
     run = tmp_path / "run"
     assert cli(*_train(smoke, run, "optim.steps=2", "run.val_every=100", "run.val_at_start=false")).code == 0
     saved = sum(f.stat().st_size for f in (run / "checkpoints" / "step_0000002").iterdir())
     cfg = load_config("smoke")
-    estimate = ckpt_module.checkpoint_bytes(cfg, _target_dim(cfg))
+    estimate = ckpt_module.checkpoint_bytes(cfg, target_dim(cfg))
     assert abs(estimate - saved) < 0.01 * saved, (estimate, saved)
