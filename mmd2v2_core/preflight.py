@@ -15,6 +15,7 @@ from .config import TrainConfig, load_config
 from .data.index import load_manifest
 from .errors import DataError
 from .memory import target_dim
+from .runs import REAL_BASELINES
 from .student.presets import preset_from_config
 from .train.checkpoint import checkpoint_bytes
 from .teachers.pretrained import cached_hub_file
@@ -124,8 +125,6 @@ def missing_inputs(study) -> list[str]:
 def _frozen_cache_bytes(study) -> int:
     """The real profile's frozen-feature caches not made yet (fp16 rows: the images or captions of the training
     data's train and val splits and of the test sets)."""
-    from .study import REAL_BASELINES
-
     if study.profile.synthetic:
         return 0  # generated data, tens of megabytes of caches
     splits = [(study.train_data, split) for split in ("train", "val")] + [(study.data(t), "test") for t in study.test_sets]

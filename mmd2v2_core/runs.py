@@ -74,3 +74,12 @@ EXTRA_LABELS = {
     "cca_frozen_d2v2_bert": "CCA on the towers' frozen features (Data2Vec2-image mean × BERT CLS)",
     "cca_frozen_beitv2_bert": "CCA on frozen features (BEiT-v2 CLS × BERT CLS)",
 }
+
+# Real: the frozen features the real towers (and the teacher) start from, each cached once per split. Per row: the
+# image model and its pooling, the text model and its pooling (``teachers/targets.py``), and the run whose config
+# locates the weights folder and the text model's tokenizer.
+REAL_BASELINES = {
+    "cca_frozen_d2v2": (("d2v2-image", "mean"), ("d2v2-text", "mean"), "mmd2v2_6"),  # MM-D2V2's towers
+    "cca_frozen_d2v2_bert": (("d2v2-image", "mean"), ("bert", "cls"), "smke"),  # S-SMKE's towers
+    "cca_frozen_beitv2_bert": (("beitv2", "cls"), ("bert", "cls"), "smke"),  # the teacher × S-SMKE's text tower
+}

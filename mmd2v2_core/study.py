@@ -50,6 +50,7 @@ from .paths import from_root
 from .plan import write_plan
 from .preflight import check_data, missing_inputs
 from .profiles import get_profile
+from .runs import REAL_BASELINES
 from .student.frontend_cache import CachedFrontEnd
 from .student.presets import student_from_config
 from .teachers.cache import TargetCache, build_cache, build_caption_cache
@@ -62,14 +63,7 @@ from .train.loop import train
 # training. Synthetic: ``cca`` links 16×16 thumbnails to a bag of words (the trivial row); the frozen-input rows link
 # the students' own frozen image inputs to it, fitted on the clean training view or also on its rendering views.
 SYNTHETIC_BASELINES = ("cca", "cca_frozen", "cca_frozen_views")
-# Real: the frozen features the real towers (and the teacher) start from, each cached once per split. Per row: the
-# image model and its pooling, the text model and its pooling (``teachers/targets.py``), and the run whose config
-# locates the weights folder and the text model's tokenizer.
-REAL_BASELINES = {
-    "cca_frozen_d2v2": (("d2v2-image", "mean"), ("d2v2-text", "mean"), "mmd2v2_6"),  # MM-D2V2's towers
-    "cca_frozen_d2v2_bert": (("d2v2-image", "mean"), ("bert", "cls"), "smke"),  # S-SMKE's towers
-    "cca_frozen_beitv2_bert": (("beitv2", "cls"), ("bert", "cls"), "smke"),  # the teacher × S-SMKE's text tower
-}
+# Real: the frozen features the real towers start from (``runs.REAL_BASELINES``).
 FROZEN_INPUT_BASELINES = ("cca_frozen", "cca_frozen_views", *REAL_BASELINES)
 
 # torchrun restarts of a run whose rank died: each resumes from the last checkpoint (losing the steps since); an error
