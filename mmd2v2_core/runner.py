@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +64,15 @@ def _kernel_manager():
 
     class LocalKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        def _ip_default(self) -> str:
+            # The sockets are files <ip>-<n>; jupyter_client's default prefix is "kernel-ipc" in the working folder,
+            # where two kernels started at once (two studies) would bind each other's: one private folder each.
+            return str(Path(tempfile.mkdtemp(prefix="mmd2v2-kernel-")) / "ipc")
+
+        def cleanup_ipc_files(self) -> None:
+            super().cleanup_ipc_files()
+            shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
 
     return LocalKernelManager
 
