@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
 from . import __version__
 from .data.index import write_text_atomic
@@ -28,7 +28,7 @@ from .data.tokenizer import CaptionTokenizer
 from .data.transforms import ImageTransformConfig, eval_transform
 from .errors import DataError
 from .student.model import MultimodalStudent, StudentConfig
-from .train.checkpoint import load_trained_student
+from .train.checkpoint import load_trained_student, read_weights_into
 
 MODEL_TYPE = "mmd2v2-student"
 
@@ -122,10 +122,7 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu") -> Mult
         student = MultimodalStudent(StudentConfig(**fields))
     except TypeError as exc:
         raise DataError(f"{folder / 'config.json'}: student: {exc} (exported by another kit version?)") from None
-    try:
-        missing, unexpected = load_model(student, str(folder / "model.safetensors"), strict=False)
-    except Exception as exc:  # safetensors raises several types for truncated or foreign files
-        raise DataError(f"{folder / 'model.safetensors'}: unreadable or of another model ({exc})") from None
+    missing, unexpected = read_weights_into(student, folder / "model.safetensors")
     if missing or unexpected:
         raise DataError(f"{folder / 'model.safetensors'}: does not fit config.json: missing {sorted(missing)[:5]}, "
                         f"unexpected {sorted(unexpected)[:5]}")

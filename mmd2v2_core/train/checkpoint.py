@@ -139,12 +139,17 @@ def find_checkpoint(out_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def read_weights_into(model: torch.nn.Module, file: Path) -> tuple[list[str], list[str]]:
+    """Load a safetensors file into ``model``; (missing, unexpected) keys, or a DataError naming an unreadable file."""
+    try:
+        return load_model(model, str(file), strict=False)
+    except Exception as exc:  # safetensors raises several types for truncated or foreign files
+        raise DataError(f"{file}: unreadable or of another model ({exc})") from None
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     """Load weights into ``model`` (strictly) and return the training state."""
-    try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except Exception as exc:  # safetensors raises several types for truncated or foreign files
-        raise DataError(f"{path / 'model.safetensors'}: unreadable or of another model ({exc})") from None
+    missing, unexpected = read_weights_into(model, path / "model.safetensors")
     if missing or unexpected:
         raise DataError(f"{path}: checkpoint does not fit this model: missing {sorted(missing)[:5]}, "
                         f"unexpected {sorted(unexpected)[:5]} — another preset or configuration?")
