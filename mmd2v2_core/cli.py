@@ -225,9 +225,25 @@ def _study(args: argparse.Namespace) -> None:
     check_output(args.reports, "--reports")
     if args.run_dir:
         check_output(args.run_dir, "--run-dir")
+    if args.check:  # reads only: no lock, so a study may be running in the folder
+        return _study_check(args)
     # held before the heavy imports: a second study on the folder is refused in a second, having written nothing
     with folder_lock(args.run_dir or Path(f"runs/study-{args.profile}"), "mmd2v2 study", "pass another --run-dir"):
         _study_locked(args)
+
+
+def _study_check(args: argparse.Namespace) -> None:
+    from .runner import check_study
+    from .study import Study
+
+    if args.plan or args.only or args.start:
+        raise KitError("--check runs every notebook up to its first computation: use it without --plan, --only, --from")
+    study = Study(args.profile, (args.run_dir or Path(f"runs/study-{args.profile}")).resolve(), args.params,
+                  data_dir=args.data.resolve() if args.data else None, nproc_per_node=args.nproc_per_node or 1,
+                  imagenet_dir=args.imagenet.resolve() if args.imagenet else None, check=True)
+    check_study(study, args.notebooks, args.reports)
+    print(f"check: the {args.profile} study's {len(study.runs)} runs × {len(study.profile.seeds)} seeds resolve; "
+          "every notebook ran to its first computation")
 
 
 def _study_locked(args: argparse.Namespace) -> None:
@@ -475,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="real profile: ImageNet-1k val folder (<wnid>/*.JPEG) for zero-shot classification")
     study.add_argument("--nproc-per-node", type=_at_least(1), default=None,
                        help="processes per training run; more than 1 launches torchrun (default: the GPU count)")
+    study.add_argument("--check", action="store_true",
+                       help="run every notebook up to its first computation (configs, labels, recipes, preflight, disk "
+                            "budget) in seconds; trains, scores and writes nothing")
     study.add_argument("--plan", action="store_true",
                        help="write plan/plan.sh (one torchrun line per unfinished run) and the time plan, train nothing")
     study.add_argument("--warmup-steps", type=_warmup_steps, default=5,

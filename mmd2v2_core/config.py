@@ -322,39 +322,48 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("mmd2v2_core.configs").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_config(preset: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+def read_preset(preset: str | Path) -> dict:
+    """A preset's YAML (a name in ``configs/`` or a path) as its mapping of sections, not yet applied or validated:
+    what the file itself says (a study's overrides may complete it)."""
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        text = path.read_text()
+    elif preset in preset_names():
+        text = resources.files("mmd2v2_core.configs").joinpath(f"{preset}.yaml").read_text()
+    else:
+        raise ConfigError(f"unknown config preset {preset!r}; presets: {', '.join(preset_names())} "
+                          "(or a path to a .yaml file)")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config {preset}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {preset}: expected a mapping of sections (data:, optim:, …), "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] = (), inputs: bool = True) -> TrainConfig:
+    """The preset with ``overrides`` applied, validated. ``inputs=False``: the dataset, teacher cache and checkpoint it
+    names may not exist yet (a later stage of a study makes them); each is checked only where it already exists."""
     cfg = TrainConfig()
     if preset:
-        path = Path(preset)
-        if path.suffix in (".yaml", ".yml"):
-            if not path.is_file():
-                raise ConfigError(f"config file {path} not found")
-            text = path.read_text()
-        elif preset in preset_names():
-            text = resources.files("mmd2v2_core.configs").joinpath(f"{preset}.yaml").read_text()
-        else:
-            raise ConfigError(f"unknown config preset {preset!r}; presets: {', '.join(preset_names())} "
-                              "(or a path to a .yaml file)")
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"config {preset}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {preset}: expected a mapping of sections (data:, optim:, …), "
-                              f"got a {type(data).__name__}")
+        data = read_preset(preset)
         try:
             _apply(cfg, data)
         except ConfigError as exc:
             raise ConfigError(f"config {preset}: {exc}") from None
     _apply(cfg, parse_overrides(list(overrides)))
-    validate(cfg)
+    validate(cfg, inputs)
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Values that type-check but cannot work."""
+def validate(cfg: TrainConfig, inputs: bool = True) -> None:
+    """Values that type-check but cannot work; with ``inputs=False``, the inputs it names only where they exist."""
     for key, rule in limits().items():
         section, name = key.split(".")
         _check_limit(key, getattr(getattr(cfg, section), name), rule)
@@ -377,14 +386,14 @@ def validate(cfg: TrainConfig) -> None:
     problem = device_problem(cfg.run.device)
     if problem:
         raise ConfigError(f"run.device={cfg.run.device!r}: {problem}")
-    if cfg.data.root:
-        _check_dataset(cfg)
+    if cfg.data.root and (inputs or (Path(cfg.data.root) / "manifest.json").is_file()):
+        _check_dataset(cfg, inputs)
     problem = output_problem(cfg.run.out_dir)
     if problem:
         raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {problem}")
-    if cfg.teacher.cache and not Path(cfg.teacher.cache).is_dir():
+    if inputs and cfg.teacher.cache and not Path(cfg.teacher.cache).is_dir():
         raise ConfigError(f"teacher.cache={cfg.teacher.cache!r}: folder not found")
-    if cfg.run.resume not in (None, "latest") and not Path(cfg.run.resume).is_dir():
+    if inputs and cfg.run.resume not in (None, "latest") and not Path(cfg.run.resume).is_dir():
         raise ConfigError(f"run.resume={cfg.run.resume!r}: checkpoint folder not found (or use run.resume=latest)")
     from .student.presets import preset_from_config
     from .teachers.registry import get_spec
@@ -394,7 +403,7 @@ def validate(cfg: TrainConfig) -> None:
         get_spec(cfg.teacher.name)
 
 
-def _check_dataset(cfg: TrainConfig) -> None:
+def _check_dataset(cfg: TrainConfig, inputs: bool = True) -> None:
     """The splits exist and one batch fits in the train split: known from the manifest, before a run folder exists."""
     from .data.index import load_manifest
 
@@ -406,13 +415,16 @@ def _check_dataset(cfg: TrainConfig) -> None:
         if name not in splits:
             raise ConfigError(f"data.{key}={name!r}: no such split in data.root={cfg.data.root!r}, "
                               f"which has {', '.join(sorted(splits))}")
-    pairs = splits[cfg.data.train_split]["captions"]  # one training pair per caption
+    pairs, counted = splits[cfg.data.train_split]["captions"], True  # one training pair per caption
     for source in source_folders(cfg.data):
         if not (source / "manifest.json").is_file():
+            if not inputs:  # not prepared yet: its pairs are counted once it is
+                counted = False
+                continue
             raise ConfigError(f"data.sources: {source} is not a prepared dataset (no manifest.json); prepare it "
                               "(`mmd2v2 data vg`, `mmd2v2 data webdataset`) or leave it out of data.sources")
         pairs += load_manifest(source)["splits"].get("train", {}).get("captions", 0)
-    if pairs < cfg.optim.batch_size:
+    if counted and pairs < cfg.optim.batch_size:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: more than the {pairs} training pairs of split "
                           f"{cfg.data.train_split!r} in data.root={cfg.data.root!r}; one batch must fit")
 

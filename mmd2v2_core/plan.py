@@ -68,7 +68,7 @@ def data_mix(study) -> list[dict]:
     """Per run: its training pairs per epoch from each source (data.root's train split, then data.sources)."""
     rows = []
     for run in study.runs:
-        cfg = study.config(run, study.profile.seeds[0])
+        cfg = study.config(run, study.profile.seeds[0], inputs=False)
         folders = [Path(cfg.data.root), *source_folders(cfg.data)]
         pairs = {folder.name: load_manifest(folder)["splits"]["train"]["captions"] for folder in folders}
         rows.append({"run": run, "pairs": pairs, "epochs": cfg.optim.steps * cfg.optim.batch_size / sum(pairs.values())})

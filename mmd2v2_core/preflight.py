@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .config import TrainConfig, load_config
+from .config import TrainConfig
 from .data.index import load_manifest
 from .errors import DataError
 from .memory import target_dim
@@ -114,8 +114,8 @@ def missing_inputs(study) -> list[str]:
     """Every missing dataset and weight file of every run of the study (seed 0's config: seeds share inputs)."""
     needs: dict[str, list[str]] = {}
     for run in study.runs:
-        # resolved without data.root: a missing dataset is reported above, not as a config error
-        cfg = load_config(study.config_name(run), study.overrides_of(run, study.profile.seeds[0]))
+        # a missing dataset or source is reported here, not as a config error
+        cfg = study.config(run, study.profile.seeds[0], inputs=False)
         sources = [_source_line(study, source) for source in cfg.data.sources]
         for line in dict.fromkeys([*filter(None, sources), *missing_weights(cfg)]):  # the teacher may also be a tower
             needs.setdefault(line, []).append(run)
@@ -146,9 +146,8 @@ def disk_problem(study) -> str | None:
         for seed in study.profile.seeds:
             if data_made and study.trained(run, seed):
                 continue
-            # the layout alone sizes a checkpoint: without data.root and the caches, which may not be made yet
-            cfg = load_config(study.config_name(run), [*study.overrides_of(run, seed), "teacher.cache=null",
-                                                       "student.frontend_cache=null", "data.rendering_views=0"])
+            # the layout alone sizes a checkpoint: the data and caches may not be made yet
+            cfg = study.config(run, seed, inputs=False)
             sizes.append((checkpoint_bytes(cfg, target_dim(cfg)), cfg.run.keep_checkpoints))
     if not sizes:
         return None

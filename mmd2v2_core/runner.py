@@ -1,5 +1,8 @@
 """``mmd2v2 study``: execute the study notebooks in order with papermill and assemble the report.
 
+``mmd2v2 study --check`` (``check_study``) runs the same notebooks up to their first computation, in seconds: a
+broken config, label or recipe shows there, not an hour into a study.
+
 Each finished notebook leaves a marker in ``<run_dir>/done/``; a rerun starts at the first notebook
 without one (``--from NAME`` restarts there, ``--only NAME`` runs one). A failing notebook stops the
 study with its name, the failing cell and the error; its executed copy (with the error highlighted)
@@ -8,6 +11,8 @@ stays in ``<reports>/notebooks/``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -20,7 +25,7 @@ from .data.index import write_text_atomic
 from .errors import ConfigError, KitError
 from .preflight import disk_problem
 from .report.builder import assemble
-from .study import NOTEBOOKS, Study
+from .study import NOTEBOOKS, CheckStop, Study
 
 
 class StudyFailed(KitError):
@@ -77,6 +82,15 @@ def _kernel_manager():
     return LocalKernelManager
 
 
+def notebook_parameters(study: Study, reports_dir: Path) -> dict:
+    """What papermill gives each notebook's ``parameters`` cell: the study's own settings (its folders absolute)."""
+    return {"profile": study.profile.name, "run_dir": str(study.run_dir), "reports_dir": str(reports_dir),
+            "overrides": list(study.overrides), "run_overrides": study.run_overrides,
+            "data_dir": str(study.data_dir) if study.data_dir != study.run_dir / "data" else None,
+            "nproc_per_node": study.nproc_per_node,
+            "imagenet_dir": str(study.imagenet_dir) if study.imagenet_dir else None}
+
+
 def run_study(profile: str = "embedded", run_dir: str | Path | None = None, reports_dir: str | Path = "reports",
               only: str | None = None, start: str | None = None, params: list[str] = (),
               notebooks_dir: str | Path = "notebooks", log=print, data_dir: str | Path | None = None,
@@ -86,8 +100,9 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
     run_dir = Path(run_dir or f"runs/study-{profile}").resolve()
     data_dir = Path(data_dir).resolve() if data_dir else None
     imagenet_dir = Path(imagenet_dir).resolve() if imagenet_dir else None
-    check_inputs(Study(profile, run_dir, list(params), data_dir=data_dir, nproc_per_node=nproc_per_node,
-                       imagenet_dir=imagenet_dir))
+    study = Study(profile, run_dir, list(params), data_dir=data_dir, nproc_per_node=nproc_per_node,
+                  imagenet_dir=imagenet_dir)
+    check_inputs(study)
     reports_dir, notebooks_dir = Path(reports_dir).resolve(), Path(notebooks_dir).resolve()
     if not notebooks_dir.is_dir():
         raise ConfigError(f"{notebooks_dir}: notebooks folder not found (run from the repository root or pass --notebooks)")
@@ -97,9 +112,7 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
     executed.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MMD2V2_PROGRESS", "plain")  # papermill shows a notebook's bars as log lines
     kernel_manager = _kernel_manager()
-    parameters = {"profile": profile, "run_dir": str(run_dir), "reports_dir": str(reports_dir), "overrides": list(params),
-                  "data_dir": str(data_dir) if data_dir else None, "nproc_per_node": nproc_per_node,
-                  "imagenet_dir": str(imagenet_dir) if imagenet_dir else None}
+    parameters = notebook_parameters(study, reports_dir)
     for name in _selection(done_dir, only, start):
         source, target = notebooks_dir / f"{name}.ipynb", executed / f"{name}.ipynb"
         log(f"[study] {name} …")
@@ -116,3 +129,61 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
         write_text_atomic(done_dir / f"{name}.json", json.dumps({"seconds": round(seconds, 1)}) + "\n")
         log(f"[study] {name} done in {seconds:.0f} s")
     return assemble(run_dir, reports_dir, profile, NOTEBOOKS, notebooks_dir)
+
+
+def check_study(study: Study, notebooks_dir: str | Path = "notebooks", reports_dir: str | Path = "reports",
+                log=print) -> list[str]:
+    """Everything the study asks before it computes: each run's resolved config for every seed (before the data and
+    caches it names exist), the labels, the closed-form rows, the disk budget, the real profile's preflight and data
+    mix, then each notebook's cells in order, with papermill's parameters, up to its first computation
+    (``Study(check=True)`` raises ``CheckStop`` there). Trains, scores and writes nothing. Returns one line per
+    notebook; raises what the study would raise."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    from .plan import data_mix
+
+    for run in study.runs:
+        for seed in study.profile.seeds:
+            study.config(run, seed, inputs=False)
+    _ = study.labels, study.baselines  # cached properties: each resolves configs
+    check_inputs(study)
+    if (study.train_data / "manifest.json").is_file():
+        data_mix(study)
+    lines = []
+    for name in NOTEBOOKS:
+        notebook = parameterize_notebook(load_notebook_node(str(Path(notebooks_dir) / f"{name}.ipynb")),
+                                         {**notebook_parameters(study, Path(reports_dir).resolve()), "check": True}, kernel_name="python3",
+                                         language="python")
+        cells = [c.source for c in notebook.cells if c.cell_type == "code"]
+        namespace: dict = {"__name__": "__check__"}  # each notebook in a kernel of its own
+        ran, stop = 0, ""
+        for source in cells:
+            where = f"<{name} code cell {ran + 1}>"
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # the cells' tables are not shown
+                    exec(compile(source, where, "exec"), namespace)  # noqa: S102 (the kit's own notebooks)
+            except CheckStop as stop_here:
+                stop = _line_of(source, where, stop_here)
+                break
+            except Exception as exc:  # noqa: BLE001 (any error of a cell fails the check, named)
+                raise StudyFailed(f"check: notebook {name} failed in code cell {ran + 1}, "
+                                  f"`{_line_of(source, where, exc)}` ({type(exc).__name__}: {str(exc).strip()})") \
+                    from None
+            ran += 1
+        line = f"[check] {name}: {ran} of {len(cells)} code cells ran" + (
+            f"; cell {ran + 1} stops at the first computation: {stop}" if stop else "")
+        log(line)
+        lines.append(line)
+    return lines
+
+
+def _line_of(source: str, where: str, error: BaseException) -> str:
+    """The line of a cell (compiled as ``where``) that raised ``error``."""
+    lineno, tb = None, error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == where:
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    lines = source.splitlines()
+    return lines[lineno - 1].strip() if lineno else lines[0].strip()

@@ -36,7 +36,7 @@ import torch
 from data_prep.synth import generate
 from data_prep.synth.transfer import generate_transfer_sets
 
-from .config import TrainConfig, load_config, to_dict, to_yaml
+from .config import TrainConfig, load_config, read_preset, to_dict, to_yaml
 from .data.datasets import RetrievalSplit
 from .data.index import read_log_lines, write_text_atomic
 from .data.tokenizer import CaptionTokenizer
@@ -78,6 +78,10 @@ NOTEBOOKS = ("00_data_prep", "01_teacher_targets", "02_distillation_pretraining"
 # is how a memory plan fits the global batch on a device (``plan.memory_plan``), as the process count is.
 _NOT_IN_KEY = ("run", "data.num_workers", "optim.accum")
 _PATHS = ("data.root", "teacher.cache", "student.frontend_cache")
+
+
+class CheckStop(Exception):
+    """Raised by a study in check mode where a stage would start computing: the check of that notebook ends there."""
 
 
 def run_key(cfg: TrainConfig, *roots: Path) -> str:
@@ -126,11 +130,13 @@ class Study:
     """One study in one folder. ``overrides`` change every run's config; ``run_overrides`` ({run: [overrides]})
     one run's. ``log`` receives a line when a run starts and when it ends (training, scoring). ``data_dir``: the
     folder holding the prepared test sets and training data by name (real profile; default ``<run_dir>/data``);
-    ``nproc_per_node`` > 1 launches each training run with torchrun on that many processes."""
+    ``nproc_per_node`` > 1 launches each training run with torchrun on that many processes. ``check``: every stage that
+    would compute something new (generate data, build a cache, train, score) raises ``CheckStop`` instead, so the
+    notebooks can be run up to their first computation (``mmd2v2 study --check``)."""
 
     def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = (),
                  run_overrides: dict[str, list[str]] | None = None, log=print, data_dir: str | Path | None = None,
-                 nproc_per_node: int = 1, imagenet_dir: str | Path | None = None):
+                 nproc_per_node: int = 1, imagenet_dir: str | Path | None = None, check: bool = False):
         self.profile = get_profile(profile)
         self.runs, self.test_sets = self.profile.run, self.profile.test_sets
         self.run_dir = from_root(run_dir)  # a relative run_dir means the same folder from notebooks/ as from the root
@@ -142,6 +148,7 @@ class Study:
             raise ConfigError(f"run_overrides: unknown run {unknown[0]!r}; the study's runs: {', '.join(self.runs)}")
         self.log = log
         self.nproc_per_node = nproc_per_node
+        self.check = check
         self.imagenet_dir = from_root(imagenet_dir) if imagenet_dir else None  # real: zero-shot ImageNet-1k val
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._run_outs: dict[tuple[str, int], Path] = {}  # resolving a config reads the dataset manifest
@@ -172,8 +179,8 @@ class Study:
         Visual Genome and CC3M) says "(COCO only)"."""
         labels = dict(self.profile.labels)
         for run in self.runs:
-            if load_config(self.config_name(run)).data.sources and \
-                    not load_config(self.config_name(run), self.overrides_of(run, self.profile.seeds[0])).data.sources:
+            named = (read_preset(self.config_name(run)).get("data") or {}).get("sources")
+            if named and not self.config(run, self.profile.seeds[0], inputs=False).data.sources:
                 labels[run] += " (COCO only)"
         return labels
 
@@ -183,7 +190,7 @@ class Study:
         ``SYNTHETIC_BASELINES``, the one fitted with the rendering views only when the students train on some."""
         if not self.profile.synthetic:
             return tuple(REAL_BASELINES)
-        views = self.config("mmd2v2_6", 0).data.rendering_views
+        views = self.config("mmd2v2_6", 0, inputs=False).data.rendering_views
         return tuple(b for b in SYNTHETIC_BASELINES if views or b != "cca_frozen_views")
 
     def overrides_of(self, run_name: str, seed: int, extra: list[str] = ()) -> list[str]:
@@ -198,24 +205,25 @@ class Study:
     def config_name(self, run_name: str) -> str:
         return self.runs[run_name].config or self.profile.train_config
 
-    def config(self, run_name: str, seed: int, extra: list[str] = ()) -> TrainConfig:
+    def config(self, run_name: str, seed: int, extra: list[str] = (), inputs: bool = True) -> TrainConfig:
         """The resolved training config of one run: the profile's (or the run's) YAML, the profile's, the run's and
-        the user's overrides, and the study's paths (its run folder is keyed by the rest)."""
+        the user's overrides, and the study's paths (its run folder is keyed by the rest). ``inputs=False`` for the
+        questions asked before a stage has made the data and caches it names (``load_config``)."""
         name, overrides = self.config_name(run_name), [f"data.root={self.train_data}", *self.overrides_of(run_name, seed,
                                                                                                            extra)]
-        cfg = load_config(name, overrides)
+        cfg = load_config(name, overrides, inputs)
         out_dir = self.run_dir / "runs" / run_name / f"seed{seed}-{run_key(cfg, self.run_dir, self.data_dir)}"
         # Synthetic runs are minutes long: one mid-run checkpoint, and five validations for the val curve and the
         # convergence check (``convergence``). Real runs keep their YAML's (every 2,000 steps).
         steps = cfg.optim.steps
         every = (f"run.checkpoint_every={max(1, steps // 2)}", f"run.val_every={max(1, steps // 5)}") \
             if self.profile.synthetic else ()
-        return load_config(name, [*overrides, f"run.out_dir={out_dir}", *every])
+        return load_config(name, [*overrides, f"run.out_dir={out_dir}", *every], inputs)
 
     def run_out(self, run_name: str, seed: int) -> Path:
         """The run's folder (resolved once per study: result lookups ask for it per seed and test set)."""
         if (run_name, seed) not in self._run_outs:
-            self._run_outs[run_name, seed] = Path(self.config(run_name, seed).run.out_dir)
+            self._run_outs[run_name, seed] = Path(self.config(run_name, seed, inputs=False).run.out_dir)
         return self._run_outs[run_name, seed]
 
     def result_stem(self, run_name: str, seed: int) -> str:
@@ -231,7 +239,7 @@ class Study:
         return self.run_dir / "results" / run_name / f"{self.result_stem(run_name, seed)}-{dataset}.json"
 
     def final_checkpoint(self, run_name: str, seed: int) -> Path:
-        cfg = self.config(run_name, seed)
+        cfg = self.config(run_name, seed, inputs=False)
         return checkpoint_root(cfg.run.out_dir) / f"step_{cfg.optim.steps:07d}"
 
     def trained(self, run_name: str, seed: int) -> bool:
@@ -241,7 +249,13 @@ class Study:
         """Hold the study folder while a stage computes something new into it (``lock.py``): a second study or a
         notebook run beside ``mmd2v2 study`` is refused, the study's own notebooks pass. Stages that find their
         results already made only read, and may run beside a writer."""
+        self._computing()
         return folder_lock(self.run_dir, "a study notebook", "pass another run_dir")
+
+    def _computing(self) -> None:
+        """Where a stage starts its work (even one that only reads, as the real profile's data stage): a check stops."""
+        if self.check:
+            raise CheckStop(f"{self.run_dir}: a check computes nothing")
 
     # -------------------------------------------------------------- before anything runs (real profile)
     def preflight(self) -> list[str]:
@@ -259,6 +273,7 @@ class Study:
     def prepare_data(self) -> dict[str, Path]:
         """Synthetic profiles: generate the datasets (regenerated when stale: the folder holds only generated,
         reproducible data). Real: the prepared indexes, refused with what is missing and the command that makes it."""
+        self._computing()
         if self.profile.synthetic:
             with self.writing():
                 return generate(self.run_dir / "data", self.profile.data_profile, seed=0, overwrite=True)
@@ -275,6 +290,7 @@ class Study:
     def build_caches(self) -> dict[str, dict]:
         """Targets of the pretrained teacher and of its random-init twin, for the train split (synthetic profiles;
         the real profile's teachers run on each batch's own crops, as the thesis ran them)."""
+        self._computing()
         report = {}
         if not self.profile.synthetic:
             return report

@@ -1,8 +1,30 @@
+import contextlib
+import io
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MMD2V2_PROGRESS", "off")
+
+# `make test` runs the suite on 2 pytest-xdist workers (README, Tests): each worker and every process it starts (CLI
+# subprocesses, notebook kernels, torchrun ranks) computes on one thread, so the two never compete for a core.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+# Session fixtures that cost minutes are built once: every test using one runs on the same worker (--dist loadgroup).
+SHARED_ONCE = ("smoke_study", "real_fixture")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = next((name for name in SHARED_ONCE if name in getattr(item, "fixturenames", ())), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +40,29 @@ def tokenizer():
     from mmd2v2_core.data.tokenizer import CaptionTokenizer
 
     return CaptionTokenizer()
+
+
+@pytest.fixture(scope="session")
+def real_fixture(tmp_path_factory):
+    """The real-format fixture (``real_fixture.py``: Karpathy data, extra sources, release-layout weights, a hub cache),
+    built once per session. Tests read it; what they compute goes in folders of their own."""
+    from real_fixture import build_real_fixture
+
+    return build_real_fixture(tmp_path_factory.mktemp("real-fixture"))
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """The whole smoke study, run once per session as `mmd2v2 study --profile smoke` (in-process; its notebooks in
+    kernels of their own): (folder with run/, reports/ and study.log, the CLI arguments). Tests that change it work on
+    a copy; the interrupted and concurrent studies of tests/reliability compare their tables with it."""
+    from mmd2v2_core.cli import main
+
+    root = tmp_path_factory.mktemp("study")
+    args = ["study", "--profile", "smoke", "--run-dir", str(root / "run"), "--reports", str(root / "reports"),
+            "--notebooks", str(Path(__file__).resolve().parents[1] / "notebooks")]
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert main(args) == 0
+    (root / "study.log").write_text(log.getvalue())
+    return root, args

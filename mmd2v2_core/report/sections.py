@@ -161,7 +161,7 @@ def recipes(study: Study, runs: tuple[str, ...]) -> str:
     return "\n".join([f"{len(runs)} run(s) × {len(seeds)} seed(s) ({study.profile.layout_note}): {yamls}"
                       + (f" with `{' '.join(study.profile.overrides)}`" if study.profile.overrides else "")
                       + ", then each run's own overrides. Resolved:", "",
-                      recipe_markdown({study.labels[r]: study.config(r, seeds[0]) for r in runs})])
+                      recipe_markdown({study.labels[r]: study.config(r, seeds[0], inputs=False) for r in runs})])
 
 
 def training_curves(study: Study, runs: tuple[str, ...], reports_dir: Path, name: str) -> str:
