@@ -11,8 +11,10 @@ DATA ?=
 study: setup  ## run the whole study (PROFILE=embedded; PROFILE=real DATA=<prepared indexes>) and regenerate reports/
 	$(BIN)/mmd2v2 study --profile $(PROFILE) $(if $(DATA),--data $(DATA))
 
+# One pytest-xdist worker per core, each computing on one thread (tests/conftest.py); the tests that share the smoke
+# study or the real fixture run on one worker, which builds it once.
 test: setup  ## run the test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 reliability: setup  ## rerun the reliability sweep and regenerate reports/reliability.md
 	$(BIN)/python tests/reliability/make_report.py

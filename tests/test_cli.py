@@ -22,7 +22,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
     (tmp_path / "img").mkdir()
     proc = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", "data", "karpathy", "--json", str(bad),
                            "--images", str(tmp_path / "img"), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {bad}: images[0]: missing field 'sentences'"
 

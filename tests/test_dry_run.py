@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _dry_run(root: Path, *runs: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "bench" / "dry_run_real.py"), "--size", "tiny", "--root",
-                           str(root), "--runs", ",".join(runs), "--no-write"], capture_output=True, text=True)
+                           str(root), "--runs", ",".join(runs), "--no-write"], capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

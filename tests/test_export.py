@@ -56,7 +56,7 @@ def test_export_loads_in_a_fresh_process_with_identical_embeddings(checkpoint, s
     assert names >= {"model.safetensors", "config.json", "README.md", "tokenizer_config.json"}
     assert names & {"tokenizer.json", "vocab.txt"}  # the fast tokenizer's file, or the vocabulary
     done = subprocess.run([sys.executable, "-c", EMBED, str(folder), str(smoke_data["synth-coco"]),
-                           str(tmp_path / "fresh.pt")], capture_output=True, text=True)
+                           str(tmp_path / "fresh.pt")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     fresh = torch.load(tmp_path / "fresh.pt")
     student, cfg = load_trained_student(checkpoint)

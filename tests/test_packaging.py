@@ -56,22 +56,23 @@ def test_the_wheel_ships_the_training_configs(tmp_path):
     for part in ("mmd2v2_core", "data_prep"):  # a copy: building in the checkout would leave build/ there
         shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(source)], check=True)
+                    str(tmp_path / "dist"), str(source)], check=True, timeout=300)
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=True)
     fresh = env_dir / "bin" / "python"
     site = subprocess.run([fresh, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+                          capture_output=True, text=True, check=True, timeout=300).stdout.strip()
     # the dependencies come from this environment's site-packages (not the kit: its editable hook is not loaded)
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheel = next((tmp_path / "dist").glob("mmd2v2-*.whl"))
-    subprocess.run([fresh, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
+    subprocess.run([fresh, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True,
+                   timeout=300)
     out = subprocess.run([env_dir / "bin" / "mmd2v2", "train", "--config", "smoke", "--print-config"],
-                         capture_output=True, text=True, cwd=tmp_path)
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "steps: 60" in out.stdout and "preset: mmd2v2_6" in out.stdout
     where = subprocess.run([fresh, "-c", "import mmd2v2_core; print(mmd2v2_core.__file__)"], capture_output=True,
-                           text=True, cwd=tmp_path, check=True).stdout
+                           text=True, cwd=tmp_path, check=True, timeout=300).stdout
     assert where.startswith(site)
 
 

@@ -19,19 +19,18 @@ from mmd2v2_core.cli import main
 from mmd2v2_core.data.index import load_manifest, read_split
 from mmd2v2_core.student.presets import build_student, get_preset
 from mmd2v2_core.teachers.registry import create_teacher
-from real_fixture import IMG, build_real_fixture
+from real_fixture import IMG
 
 ENTRY_FIELDS = {"coco": {"filepath", "filename", "imgid", "sentids", "split", "sentences", "cocoid"},
                 "flickr30k": {"filename", "imgid", "sentids", "split", "sentences"}}
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    fixture = build_real_fixture(tmp_path_factory.mktemp("real"))
+def real(real_fixture):
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in fixture.env.items():
+        for key, value in real_fixture.env.items():
             patch.setenv(key, value)
-        yield fixture
+        yield real_fixture
 
 
 def _release(path):

@@ -24,7 +24,7 @@ from mmd2v2_core.profiles import PROFILES
 from mmd2v2_core.runs import EXTRA_LABELS
 from mmd2v2_core.study import REAL_BASELINES
 
-from real_fixture import build_real_fixture, write_imagenet_val
+from real_fixture import write_imagenet_val
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = PROFILES["real"]
@@ -38,24 +38,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _study(root: Path, env: dict[str, str], *extra: str) -> tuple[int, str]:
-    """``mmd2v2 study --profile real`` typed in a shell in ``root`` (where ``weights/`` is): its own process, since
-    huggingface_hub reads HF_HOME once, when first imported."""
+def _study(root: Path, env: dict[str, str], *extra: str, data: Path | None = None) -> tuple[int, str]:
+    """``mmd2v2 study --profile real`` typed in a shell in ``root`` (where ``weights/`` is, or MMD2V2_WEIGHTS_DIR
+    says): its own process, since huggingface_hub reads HF_HOME once, when first imported. Its folders go in ``root``;
+    ``data``: the prepared indexes (default ``root/prepared``)."""
     args = ["study", "--profile", "real", "--run-dir", str(root / "run"), "--reports", str(root / "reports"),
-            "--notebooks", str(root / "notebooks"), "--data", str(root / "prepared"),
+            "--notebooks", str(root / "notebooks"), "--data", str(data or root / "prepared"),
             *[f"-p{o}" for o in TINY_RUNS], *extra]
     done = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, **env})
+                          env={**os.environ, **env}, timeout=900)
     return done.returncode, done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    root = tmp_path_factory.mktemp("real")
-    fixture = build_real_fixture(root)
+@pytest.fixture(scope="session")  # session: module fixtures are torn down when another module's test runs between
+def real(real_fixture, tmp_path_factory):
+    root, data = tmp_path_factory.mktemp("real-study"), real_fixture.root / "prepared"
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
-    env = {**fixture.env, "OMP_NUM_THREADS": "1"}
-    code, plan_log = _study(root, env, "--plan", "--nproc-per-node", "2", "--warmup-steps", "3", "--gpu-memory", "24")
+    (root / "weights").symlink_to(real_fixture.weights_dir)  # the real configs name weights/… in the working folder
+    env = {**real_fixture.env, "OMP_NUM_THREADS": "1"}
+    code, plan_log = _study(root, env, "--plan", "--nproc-per-node", "2", "--warmup-steps", "3", "--gpu-memory", "24",
+                            data=data)
     assert code == 0, plan_log
     plan = root / "run" / "plan" / "plan.sh"
     # a scheduler runs each line where the study's inputs are, in the kit's environment (torchrun on the PATH);
@@ -63,10 +65,10 @@ def real(tmp_path_factory):
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     done = subprocess.run(["bash", str(plan)], cwd=root, capture_output=True, text=True,
                           env={**os.environ, **env, "PATH": path, "NPROC_PER_NODE": "2",
-                               "MASTER_PORT": str(_free_port())})
+                               "MASTER_PORT": str(_free_port())}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trained = {p: p.stat().st_mtime_ns for p in (root / "run" / "runs").rglob("model.safetensors")}
-    code, study_log = _study(root, env, "--imagenet", str(write_imagenet_val(root / "imagenet" / "val")))
+    code, study_log = _study(root, env, "--imagenet", str(write_imagenet_val(root / "imagenet" / "val")), data=data)
     assert code == 0, study_log
     return root, plan_log, plan.read_text(), trained, study_log
 

@@ -31,23 +31,11 @@ def test_notebooks_are_thin_clean_and_parameterised():
         assert all(len(c.source.splitlines()) <= 12 for c in code), f"{name}: logic belongs in mmd2v2_core"
 
 
-@pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    args = ["study", "--profile", "smoke", "--run-dir", str(root / "run"), "--reports", str(root / "reports"),
-            "--notebooks", str(ROOT / "notebooks")]
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        assert main(args) == 0
-    (root / "study.log").write_text(log.getvalue())
-    return root, args
-
-
 def test_the_study_log_holds_the_studys_lines_only(tmp_path):
     """What a terminal shows, kernel processes included: no Jupyter machinery (ipykernel's TCP warning)."""
     done = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", "study", "--profile", "smoke", "--only",
                            "00_data_prep", "--run-dir", str(tmp_path / "run"), "--reports", str(tmp_path / "reports"),
-                           "--notebooks", str(ROOT / "notebooks")], capture_output=True, text=True)
+                           "--notebooks", str(ROOT / "notebooks")], capture_output=True, text=True, timeout=300)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
     assert "[study] 00_data_prep done in" in log

@@ -117,7 +117,7 @@ def test_a_frozen_rank(smoke_source, tmp_path, seen):
 
 def _pid_of_rank(agent: int, rank: int) -> int:
     """The worker of ``rank`` among the torchrun agent's child processes (by the RANK in its environment)."""
-    for pid in subprocess.run(["pgrep", "-P", str(agent)], capture_output=True, text=True).stdout.split():
+    for pid in subprocess.run(["pgrep", "-P", str(agent)], capture_output=True, text=True, timeout=300).stdout.split():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         if f"RANK={rank}".encode() in environ:
             return int(pid)

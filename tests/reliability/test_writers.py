@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from mmd2v2_core.errors import KitError
 from mmd2v2_core.lock import LOCK_FILE
-from mmd2v2_core.study import Study
+from mmd2v2_core.study import NOTEBOOKS, Study
 
 from .conftest import assert_clear_error
 from .test_interruptions import KILL_AT, REPO, _one_error_line
@@ -67,20 +68,23 @@ def _metrics(run_dir: Path) -> dict:
             for p in (run_dir / "results").rglob("*.json") if p.parent.name != "transfer"}
 
 
-def test_two_studies_on_one_folder(tmp_path, seen):
+def test_two_studies_on_one_folder(smoke_study, tmp_path, seen):
     """`mmd2v2 study` twice on one --run-dir (make study, and the same notebooks started again): the second ends in
     under 5 s with one line naming the folder, `mmd2v2 study`, its pid and start time, exit 2, no reports folder made;
-    a notebook's own Study is refused the same way; the first finishes with the results of an undisturbed study."""
-    run_dir, alone = tmp_path / "study", tmp_path / "alone"
-    short = ["-p", "optim.steps=6"]  # the whole study, each run shortened: the two studies only need to agree
+    a notebook's own Study is refused the same way; the first finishes with the results of an undisturbed study. The
+    first continues the session's smoke study from notebook 03 with one run's training and every score undone, so it
+    trains and scores while the second knocks."""
+    reference, _ = smoke_study
+    run_dir = shutil.copytree(reference / "run", tmp_path / "study", ignore=shutil.ignore_patterns("results", LOCK_FILE))
+    shutil.rmtree(next((run_dir / "runs" / "mmd2v2_7_2").glob("seed0-*")))
+    for name in NOTEBOOKS[3:]:
+        (run_dir / "done" / f"{name}.json").unlink()
     first = _mmd2v2(tmp_path / "first.log", "study", "--profile", "smoke", "--run-dir", run_dir, "--reports",
-                    tmp_path / "reports", *short, start_new_session=True)
-    undisturbed = _mmd2v2(tmp_path / "alone.log", "study", "--profile", "smoke", "--run-dir", alone, "--reports",
-                          tmp_path / "alone-reports", *short, start_new_session=True)
+                    tmp_path / "reports", start_new_session=True)
     try:
         holder = _holding(run_dir, first)
         done, seconds = _second(seen, "study", "--profile", "smoke", "--run-dir", run_dir, "--reports",
-                                tmp_path / "second-reports", *short)
+                                tmp_path / "second-reports")
         line = _one_error_line(done)
         since = time.strftime("%H:%M", time.localtime(holder["since"]))
         assert done.returncode == 2 and seconds < 5, (done.returncode, seconds)
@@ -88,16 +92,15 @@ def test_two_studies_on_one_folder(tmp_path, seen):
                         "or pass another --run-dir")
         assert not (tmp_path / "second-reports").exists()
         with pytest.raises(KitError, match=f"is in use by mmd2v2 study \\(pid {first.pid}") as refused:
-            Study("smoke", run_dir).prepare_data()  # a notebook run in JupyterLab beside it: its first stage
+            Study("smoke", run_dir).evaluate("smke", 0)  # a notebook run in JupyterLab beside it: a stage to compute
         seen(f"a notebook's Study beside it: {refused.value}")
-        assert first.wait(timeout=1800) == 0, (tmp_path / "first.log").read_text()[-3000:]
-        assert undisturbed.wait(timeout=1800) == 0, (tmp_path / "alone.log").read_text()[-3000:]
+        assert first.wait(timeout=900) == 0, (tmp_path / "first.log").read_text()[-3000:]
     finally:
-        for study in (first, undisturbed):  # runner and kernel
-            if study.poll() is None:
-                os.killpg(study.pid, signal.SIGKILL)
-    disturbed, reference = _metrics(run_dir), _metrics(alone)
-    assert len(disturbed) == 24 and disturbed == reference
+        if first.poll() is None:  # runner and kernel
+            os.killpg(first.pid, signal.SIGKILL)
+    assert "[run] mmd2v2_7_2 seed 0 · start" in (tmp_path / "first.log").read_text()
+    disturbed, undisturbed = _metrics(run_dir), _metrics(reference / "run")
+    assert len(disturbed) == 24 and disturbed == undisturbed
     seen(f"first study: exit 0, its {len(disturbed)} results equal an undisturbed study's")
 
 
@@ -128,7 +131,9 @@ def test_two_training_runs_on_one_folder_and_a_reader(smoke_source, tmp_path, se
     first = _paused("torch.optim:AdamW.step", 3, 60, *_train(data, out))  # busy at step 3, step 2 saved
     try:
         _holding(out, first)
+        deadline = time.monotonic() + 300
         while not (out / "checkpoints" / "step_0000002").is_dir():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended or stalled before step 2"
             time.sleep(0.05)
         done, seconds = _second(seen, *_train(data, out))
         line = _one_error_line(done)
