@@ -1,12 +1,8 @@
 """The study as a user runs it: notebooks executed by papermill on the smoke profile, the report they
 produce, resuming, and a failing notebook named with its cell."""
 
-import contextlib
-import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -29,17 +25,6 @@ def test_notebooks_are_thin_clean_and_parameterised():
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1 and "profile" in params[0].source and "run_dir" in params[0].source
         assert all(len(c.source.splitlines()) <= 12 for c in code), f"{name}: logic belongs in mmd2v2_core"
-
-
-def test_the_study_log_holds_the_studys_lines_only(tmp_path):
-    """What a terminal shows, kernel processes included: no Jupyter machinery (ipykernel's TCP warning)."""
-    done = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", "study", "--profile", "smoke", "--only",
-                           "00_data_prep", "--run-dir", str(tmp_path / "run"), "--reports", str(tmp_path / "reports"),
-                           "--notebooks", str(ROOT / "notebooks")], capture_output=True, text=True, timeout=300)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-3000:]
-    assert "[study] 00_data_prep done in" in log
-    assert not [line for line in log.splitlines() if "IPKernelApp" in line or "without encryption" in line], log
 
 
 def test_smoke_study_produces_the_report(smoke_study):
