@@ -180,12 +180,16 @@ def test_failing_notebook_is_named_with_its_cell(smoke_study, capsys, tmp_path):
     assert "unknown notebook '07_nothing'" in capsys.readouterr().err
 
 
-def test_notebooks_run_from_the_notebooks_folder_reuse_the_study(smoke_study):
+def test_notebooks_run_from_the_notebooks_folder_reuse_the_study(smoke_study, monkeypatch):
     """JupyterLab starts a kernel in notebooks/: the default relative paths must still reach the study's folders,
-    so rerunning a notebook there after a study recomputes nothing."""
+    so rerunning a notebook there after a study recomputes nothing. Each notebook's cells run in this process, in a
+    namespace of their own, with the working directory and parameters a kernel there would have."""
+    import contextlib
+    import io
     import shutil
 
-    import papermill as pm
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
 
     root, _ = smoke_study
     (root / "pyproject.toml").write_text("")  # the repository root's markers: pyproject.toml and notebooks/
@@ -196,10 +200,15 @@ def test_notebooks_run_from_the_notebooks_folder_reuse_the_study(smoke_study):
                 if p.is_file() and "report" not in p.parts and p.name != LOCK_FILE}  # a lock records its holder
 
     before = computed()
+    monkeypatch.chdir(root / "notebooks")
     for name in NOTEBOOKS:
-        pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(root / f"{name}.out.ipynb"),
-                            parameters={"profile": "smoke", "run_dir": "run", "reports_dir": "reports"},
-                            kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
+        notebook = parameterize_notebook(load_notebook_node(f"{name}.ipynb"),
+                                         {"profile": "smoke", "run_dir": "run", "reports_dir": "reports"},
+                                         kernel_name="python3", language="python")
+        namespace = {"__name__": "__main__"}
+        for i, cell in enumerate(c for c in notebook.cells if c.cell_type == "code"):
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(cell.source, f"<{name} code cell {i + 1}>", "exec"), namespace)  # noqa: S102
     assert computed() == before  # nothing retrained, re-cached, re-scored or regenerated
     assert not (root / "notebooks" / "run").exists() and not (root / "notebooks" / "reports").exists()
 

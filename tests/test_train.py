@@ -1,5 +1,5 @@
-"""The trainer: config validation, the smoke preset learning, exact resume after SIGKILL, atomic saves,
-SIGTERM, NaN stops, and 1 vs 2 processes (gloo) giving the same losses."""
+"""The trainer: config validation, the smoke preset learning, SIGTERM, NaN stops, and 1 vs 2 processes (gloo) giving
+the same losses. Exact resume after a SIGKILL in training or mid-save: tests/reliability/test_interruptions.py."""
 
 import json
 import os
@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from mmd2v2_core.config import load_config, parse_overrides
 from mmd2v2_core.errors import ConfigError
-from mmd2v2_core.train import checkpoint as ckpt_module
 from mmd2v2_core.train.loop import TrainingDiverged, train
 
 
@@ -76,43 +75,6 @@ def _wait_for(path, proc, timeout=120):
         assert proc.poll() is None, proc.stdout.read()
         assert time.time() - start < timeout
         time.sleep(0.05)
-
-
-def test_resume_after_sigkill_ends_with_the_same_weights(smoke_data, tmp_path):
-    data = smoke_data["synth-coco"]
-    train(_cfg(data, tmp_path / "straight", "optim.steps=8", "run.checkpoint_every=2", "run.val_every=1000"))
-    proc = _run_cli(data, tmp_path / "killed", 8)
-    _wait_for(tmp_path / "killed" / "checkpoints" / "step_0000004", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = train(_cfg(data, tmp_path / "killed", "optim.steps=8", "run.checkpoint_every=2", "run.val_every=1000",
-                         "run.resume=latest"))
-    assert resumed.step == 8
-    a, b = _weights(tmp_path / "straight", 8), _weights(tmp_path / "killed", 8)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(smoke_data, tmp_path, monkeypatch):
-    data = smoke_data["synth-coco"]
-    real_save = torch.save
-    calls = {"n": 0}
-
-    def dying_save(obj, path, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the second checkpoint: die after the weights, before the state is written
-            raise KeyboardInterrupt("killed during save")
-        return real_save(obj, path, *a, **kw)
-
-    monkeypatch.setattr(ckpt_module.torch, "save", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(data, tmp_path, "optim.steps=6", "run.checkpoint_every=2", "run.val_every=1000"))
-    monkeypatch.setattr(ckpt_module.torch, "save", real_save)
-    root = tmp_path / "checkpoints"
-    assert (root / "latest").read_text().strip() == "step_0000002"
-    assert list(root.glob(".step_0000004.tmp*"))  # the half-written one, never visible as a checkpoint
-    resumed = train(_cfg(data, tmp_path, "optim.steps=6", "run.checkpoint_every=2", "run.val_every=1000",
-                         "run.resume=latest"))
-    assert resumed.step == 6 and not list(root.glob(".step_*.tmp*"))
 
 
 def test_sigterm_saves_and_exits_cleanly(smoke_data, tmp_path):

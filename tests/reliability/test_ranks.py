@@ -89,10 +89,10 @@ def _survivor(seen, procs, out: Path, stop: signal.Signals) -> tuple[str, float]
     return _one_error_line(subprocess.CompletedProcess(procs[0].args, 2, "", err)), seconds
 
 
-def test_a_killed_rank(smoke_source, reference, tmp_path, seen):
+def test_a_killed_rank(smoke_source, tmp_path, seen):
     """SIGKILL of rank 1 (out of memory, a lost node, a kill): rank 0 stops well within run.collective_timeout=60,
-    naming rank 1 and the checkpoint to resume from; run.resume=latest on 2 ranks then ends with the weights of the
-    uninterrupted run."""
+    naming rank 1 and the checkpoint to resume from. That the rerun then ends with the weights of the uninterrupted
+    run is the next test's: torchrun restarts both ranks with the same command."""
     data, out = smoke_source["synth-coco"], tmp_path / "run"
     procs = _ranks(data, out, "run.collective_timeout=60")
     line, seconds = _survivor(seen, procs, out, signal.SIGKILL)
@@ -101,8 +101,6 @@ def test_a_killed_rank(smoke_source, reference, tmp_path, seen):
     latest = (out / "checkpoints" / "latest").read_text().strip()
     assert line.endswith(f"the last checkpoint is {out / 'checkpoints' / latest}: to continue from it, run the same "
                          "command (torchrun --max-restarts does that by itself)")
-    _finish(_ranks(data, out))
-    _assert_same_weights(out, reference)
 
 
 def test_a_frozen_rank(smoke_source, tmp_path, seen):

@@ -106,21 +106,6 @@ def test_two_studies_on_one_folder(smoke_study, tmp_path, seen):
     seen(f"first study: exit 0, its {len(disturbed)} results equal an undisturbed study's")
 
 
-def test_a_killed_study_leaves_no_stale_lock(tmp_path, cli, seen):
-    """SIGKILL of the study holding the folder (runner and kernel): the next study on it starts at once, without
-    clean-up."""
-    run_dir, reports = tmp_path / "study", tmp_path / "reports"
-    first = _mmd2v2(tmp_path / "first.log", "study", "--profile", "smoke", "--run-dir", run_dir, "--reports", reports,
-                    start_new_session=True)
-    _holding(run_dir, first)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    seen(f"SIGKILL of the study holding {run_dir.name} (pid {first.pid})")
-    assert (run_dir / LOCK_FILE).is_file()  # the record stays; the lock went with its process
-    assert cli("study", "--profile", "smoke", "--run-dir", run_dir, "--reports", reports,
-               "--only", "00_data_prep").code == 0
-
-
 def _train(data, out, *extra):
     return ["train", "--config", "smoke", f"data.root={data}", f"run.out_dir={out}", "optim.steps=6",
             "run.checkpoint_every=2", "run.val_every=100", "run.val_at_start=false", "data.num_workers=0", *extra]
