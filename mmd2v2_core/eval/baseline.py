@@ -31,8 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy import sparse
-from sklearn.feature_extraction.text import CountVectorizer
 
 from ..data.datasets import RetrievalSplit
 from ..data.images import open_rgb
@@ -54,6 +52,8 @@ def thumbnails(split: RetrievalSplit) -> np.ndarray:
 
 def bag_of_words(train: RetrievalSplit) -> TextFeatures:
     """Word counts over the vocabulary of the training captions."""
+    from sklearn.feature_extraction.text import CountVectorizer  # here: scikit-learn and SciPy take 1 s to import
+
     vectorizer = CountVectorizer(lowercase=True, token_pattern=r"[a-z]+").fit(train.captions)
     return lambda split: vectorizer.transform(split.captions).toarray().astype(np.float32)
 
@@ -81,6 +81,8 @@ def _gram(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> np
 
 def _caption_sums(texts: np.ndarray, t2i: np.ndarray, n_images: int) -> np.ndarray:
     """[images, Dy] float64: each image's caption features summed, a block of captions at a time."""
+    from scipy import sparse  # here: every notebook kernel imports this module, few fit a baseline
+
     out = np.zeros((n_images, texts.shape[1]))
     for start in range(0, len(t2i), _CHUNK):
         rows = t2i[start:start + _CHUNK]
