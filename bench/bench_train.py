@@ -38,6 +38,7 @@ from mmd2v2_core.config import load_config
 from mmd2v2_core.data.index import read_split
 from mmd2v2_core.data.tokenizer import CaptionTokenizer
 from mmd2v2_core.eval.embed import evaluate_retrieval, student_inputs
+from mmd2v2_core.precision import resolve_precision
 from mmd2v2_core.runs import SYNTHETIC_RUNS
 from mmd2v2_core.student.frontend_cache import CachedFrontEnd
 from mmd2v2_core.student.presets import preset_from_config, student_from_config
@@ -46,7 +47,7 @@ from mmd2v2_core.teachers.inspect import preprocess_of
 from mmd2v2_core.teachers.registry import create_teacher
 from mmd2v2_core.train.checkpoint import find_checkpoint, load_trained_student
 from mmd2v2_core.train.data import CachedPairs
-from mmd2v2_core.train.loop import resolve_precision, train
+from mmd2v2_core.train.loop import train
 from mmd2v2_core.teachers.whitening import TargetWhitening
 from mmd2v2_core.train.objective import Objective, Trainable
 

@@ -26,7 +26,8 @@ import yaml
 from .errors import ConfigError
 from .paths import output_problem
 
-EVAL_PRECISIONS = ("fp32", "bf16")  # what evaluation encoders may run under (bf16: bfloat16 autocast)
+EVAL_PRECISIONS = ("auto", "fp32", "bf16")  # what evaluation encoders may run under (bf16: bfloat16 autocast; auto:
+# bf16 where the device computes it natively, ``precision.resolve_precision``)
 
 
 @dataclass

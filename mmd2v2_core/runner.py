@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .data.index import write_text_atomic
 from .errors import ConfigError, KitError
+from .precision import cpu_description, resolve_precision
 from .preflight import disk_problem
 from .report.builder import assemble
 from .study import NOTEBOOKS, CheckStop, Study
@@ -126,7 +127,8 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
             raise StudyFailed(f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue.strip()}); "
                               f"executed copy with the error: {target}") from None
         seconds = time.perf_counter() - began
-        write_text_atomic(done_dir / f"{name}.json", json.dumps({"seconds": round(seconds, 1)}) + "\n")
+        write_text_atomic(done_dir / f"{name}.json", json.dumps({"seconds": round(seconds, 1), "cpu": cpu_description(),
+                                                                 "auto_precision": resolve_precision("auto")}) + "\n")
         log(f"[study] {name} done in {seconds:.0f} s")
     return assemble(run_dir, reports_dir, profile, NOTEBOOKS, notebooks_dir)
 

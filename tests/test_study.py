@@ -36,6 +36,11 @@ def test_smoke_study_produces_the_report(smoke_study):
                     "## 06 · Embeddings"):
         assert heading in report
     assert "Not run" not in report
+    from mmd2v2_core.precision import cpu_description, resolve_precision
+
+    # the header names the CPU every notebook ran on and what `auto` precision became there
+    assert f"on {cpu_description()}, where `auto` precision is {resolve_precision('auto')} — 00 " in report
+    assert "Val R@1 at 50, 75 and 100 % of the steps: did each run converge?" in report
     assert "| Unaligned towers (step 0) |" in report and "| S-SMKE (ITC + contrastive distillation) |" in report
     assert "What each candidate target encodes" in report and "| pretrained: centred + PCA-whitened to 32 |" in report
     assert "| FLAVA | 42.74 | 76.76 | - |" in report  # quoted rows carried along
@@ -59,8 +64,8 @@ def test_smoke_study_produces_the_report(smoke_study):
     assert re.search(r"\| Training beats a linear alignment of the same frozen inputs \(S-SMKE vs the best "
                      r"frozen-input CCA\) — best: `cca_frozen` \| synth-flickr \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ \| "
                      r"[\d.]+ \| one seed: no spread to judge( \(not converged: S-SMKE[^|]*\))? \|", report)
-    assert "Val mean recall (the dots of the curves): did each run converge?" in report
-    assert re.search(r"\| MM-D2V2 5\+1, strong teacher \(KD only\) \| 1 \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ \| "
+    r1 = r"[\d.]+ / [\d.]+"  # val R@1 image→text / text→image
+    assert re.search(rf"\| MM-D2V2 5\+1, strong teacher \(KD only\) \| 1 \| {r1} \| {r1} \| {r1} \| [-+][\d.]+ \| "
                      r"(yes|no \(1 of 1 seeds gained ≥ 1\)) \|", report)
     assert re.search(r"synth-coco: .* leads with a mean recall of [\d.]+ \(thumbnail CCA [\d.]+; frozen-input CCA "
                      r"\(`cca_frozen`\) [\d.]+; unaligned towers [\d.]+\); .*above the frozen-input CCA", report)
@@ -240,3 +245,34 @@ def test_more_than_one_process_per_run_trains_under_torchrun(smoke_study):
     assert "torchrun × 2" in lines[0] and "trained in" in lines[1]
     config = next((root / "run" / "plan").glob("smke-seed0-*.yaml"))
     assert config.stem.endswith(study.run_out("smke", 0).name)  # the resolved config torchrun trained
+
+
+def test_runs_trained_side_by_side_end_as_runs_trained_one_after_another(smoke_study, tmp_path, monkeypatch):
+    """With a budget of 2 threads, 2 runs train at once, each in a process of its own on one thread: their weights are
+    the ones this process trains one after another on one thread, and the log has one start and one end line each."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mmd2v2_core.study import Study
+
+    root, _ = smoke_study
+    short = {run: ["optim.steps=6"] for run in ("smke", "mmd2v2_6")}
+    folders, logs = {}, {}
+    for budget in (1, 2):
+        run_dir = tmp_path / f"threads{budget}"
+        for part in ("data", "cache"):
+            shutil.copytree(root / "run" / part, run_dir / part)
+        monkeypatch.setattr(torch, "get_num_threads", lambda budget=budget: budget)
+        logs[budget] = []
+        study = Study("smoke", run_dir, run_overrides=short, log=logs[budget].append)
+        assert study.side_by_side(2) == budget and study.side_by_side(1) == 1
+        study.train_all(tuple(short))
+        folders[budget] = study
+    assert [line.split(" · ")[0] for line in logs[2]].count("[run] smke seed 0") == 2  # start and end
+    assert sum("its own process, 1 thread(s)" in line for line in logs[2]) == 2 and len(logs[2]) == 4
+    for run in short:
+        alone, beside = (load_file(folders[b].final_checkpoint(run, 0) / "model.safetensors") for b in (1, 2))
+        assert alone.keys() == beside.keys()
+        assert all(torch.allclose(alone[k], beside[k], atol=1e-5) for k in alone), run

@@ -213,14 +213,8 @@ def test_student_initialisation_does_not_depend_on_the_teacher(smoke_data, tmp_p
     assert all(torch.equal(built[0][k], built[1][k]) for k in built[1])
 
 
-def test_auto_precision_follows_the_device_and_is_recorded(smoke_data, tmp_path, monkeypatch):
-    from mmd2v2_core.train.loop import resolve_precision
-
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        assert resolve_precision("auto", cpu) == expected
+def test_auto_precision_is_recorded_as_what_it_resolved_to(smoke_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # an AVX2-only CPU
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     train(_cfg(smoke_data["synth-coco"], tmp_path, "optim.steps=1", "optim.precision=auto", "run.val_every=0"))
     assert "precision: fp32" in (tmp_path / "config.yaml").read_text()  # what 'auto' resolved to, not 'auto'

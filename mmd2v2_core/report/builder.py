@@ -52,14 +52,17 @@ def assemble(run_dir: str | Path, reports_dir: str | Path, profile: str, noteboo
 
 
 def _timing(run_dir: Path, notebooks: tuple[str, ...]) -> list[str]:
-    """Where the study's time went: each notebook's wall time as the runner recorded it (install not counted)."""
-    seconds = {nb: json.loads((run_dir / "done" / f"{nb}.json").read_text())["seconds"]
-               for nb in notebooks if (run_dir / "done" / f"{nb}.json").is_file()}
-    if not seconds:
+    """Where the study's time went: each notebook's wall time as the runner recorded it (install not counted), the
+    CPU it ran on, and what ``auto`` precision (training, the synthetic profiles' scoring) resolved to there."""
+    done = {nb: json.loads((run_dir / "done" / f"{nb}.json").read_text())
+            for nb in notebooks if (run_dir / "done" / f"{nb}.json").is_file()}
+    if not done:
         return []
-    total = sum(seconds.values())
-    return [f"Wall time of this run: **{total / 60:.1f} min** on this machine — "
-            + ", ".join(f"{nb[:2]} {s:.0f} s" for nb, s in seconds.items()) + ".", ""]
+    total = sum(d["seconds"] for d in done.values())
+    machines = {(d["cpu"], d["auto_precision"]): None for d in done.values() if "cpu" in d}
+    where = "; ".join(f"{cpu}, where `auto` precision is {precision}" for cpu, precision in machines) or "this machine"
+    return [f"Wall time of this run: **{total / 60:.1f} min** on {where} — "
+            + ", ".join(f"{nb[:2]} {d['seconds']:.0f} s" for nb, d in done.items()) + ".", ""]
 
 
 def show(markdown: str, reports_dir: str | Path = ".") -> None:

@@ -18,7 +18,7 @@ from ..eval.embed import embed_split, student_inputs
 from ..eval.zeroshot import attribute_zero_shot
 from ..plan import plan_markdown, time_plan
 from ..student.presets import preset_from_config
-from ..study import CONVERGED_GAIN, FROZEN_INPUT_BASELINES, Study, convergence, run_summary
+from ..study import CONVERGED_GAIN, DIRECTIONS, FROZEN_INPUT_BASELINES, Study, convergence, run_summary
 from ..teachers.cache import TargetCache
 from ..teachers.geometry import ATTRIBUTES, attribute_shares
 from ..teachers.inspect import inspect_teacher
@@ -172,7 +172,7 @@ def training_curves(study: Study, runs: tuple[str, ...], reports_dir: Path, name
     if missing:  # an empty panel would read as a run that did not learn
         raise DataError(f"no training log yet: {', '.join(missing)} (train the run before plotting its curves)")
     figure = plot_training_curves(curves, reports_dir / "figures" / f"{name}.png")
-    return (f"![training curves]({_rel(figure, reports_dir)})\n\nVal mean recall (the dots of the curves): did each run "
+    return (f"![training curves]({_rel(figure, reports_dir)})\n\nVal R@1 at 50, 75 and 100 % of the steps: did each run "
             f"converge?\n\n{convergence_table(training_summaries(study, runs))}")
 
 
@@ -186,18 +186,24 @@ def training_summaries(study: Study, runs: tuple[str, ...]) -> dict[str, list[di
 
 
 def convergence_table(summaries: dict[str, list[dict]]) -> str:
-    """Per run: val mean recall at the last validation by 80 % of its steps and at the end (means over seeds), the
-    largest late gain of any seed, and the verdict: converged when every seed gained under ``CONVERGED_GAIN``."""
-    lines = ["| run | seeds | val mean R@K at 80 % of steps | at the end | largest late gain (any seed) | converged |",
-             "|---|---:|---:|---:|---:|---|"]
+    """Per run: val R@1 image→text / text→image at 50 % and 75 % of its steps and at the end (means over seeds), the
+    largest last-quarter gain of any seed in either direction, and the verdict: converged when every seed gained under
+    ``CONVERGED_GAIN`` in both."""
+    lines = ["| run | seeds | val R@1 I→T / T→I at 50 % of steps | at 75 % | at the end | largest last-quarter gain "
+             "(any seed, either direction) | converged |", "|---|---:|---:|---:|---:|---:|---|"]
     for label, runs in summaries.items():
         checks = [s["convergence"] for s in runs if s.get("convergence")]
         if not checks:
-            lines.append(f"| {label} | {len(runs)} | – | – | – | not validated |")
+            lines.append(f"| {label} | {len(runs)} | – | – | – | – | not validated |")
             continue
         done = sum(c["converged"] for c in checks)
-        lines.append(f"| {label} | {len(checks)} | {statistics.fmean(c['late'] for c in checks):.1f} | "
-                     f"{statistics.fmean(c['final'] for c in checks):.1f} | {max(c['gain'] for c in checks):+.2f} | "
+
+        def r1(point: str) -> str:
+            found = [c[point] for c in checks if c[point]]
+            return " / ".join(f"{statistics.fmean(f[d] for f in found):.1f}" for d in DIRECTIONS) if found else "–"
+
+        lines.append(f"| {label} | {len(checks)} | {r1('half')} | {r1('late')} | {r1('final')} | "
+                     f"{max(c['gain'] for c in checks):+.1f} | "
                      + ("yes" if done == len(checks) else f"no ({len(checks) - done} of {len(checks)} seeds gained "
                                                           f"≥ {CONVERGED_GAIN:g})") + " |")
     return "\n".join(lines)
@@ -225,10 +231,11 @@ def _convergence_reading(summaries: dict[str, list[dict]]) -> str:
     if not checked:
         return " No run was validated during training, so none can be called converged."
     open_ = [label for label, checks in checked.items() if not all(c["converged"] for c in checks)]
-    rule = f"its last 20 % of steps added under {CONVERGED_GAIN:g} point of val mean recall on every seed"
+    rule = (f"a run is converged when the last quarter of its steps added under {CONVERGED_GAIN:g} point of val R@1, "
+            "image→text and text→image, on every seed")
     if not open_:
-        return f" Every run converged ({rule})."
-    return (f" Not converged ({rule} is the test): {', '.join(open_)}; "
+        return f" Every run converged (the test: {rule})."
+    return (f" Not converged (the test: {rule}): {', '.join(open_)}; "
             f"{len(checked) - len(open_)} of {len(checked)} runs converged.")
 
 

@@ -39,6 +39,7 @@ from ..errors import ConfigError, DataError, KitError, clean_worker_errors
 from ..eval.embed import embed_split
 from ..eval.retrieval import recall_at_k
 from ..lock import folder_lock
+from ..precision import resolve_precision
 from ..losses import gather_no_grad
 from ..progress import progress
 from ..student.frontend_cache import CachedFrontEnd
@@ -161,17 +162,6 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 # tokens, temperatures — the original's "no decay for 1-D, bias, *embeddings*"; the patch-embedding convolution
 # (``image_embed.proj``) is a weight like any other and decays, as it did there.
 NO_DECAY = ("pos_embed", "cls_token", "type_", "text_embed.position", "text_embed.word", "log_scale")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 where the device computes it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX:
-    the embedded S-SMKE step runs 1.8× faster than in fp32 there), fp32 elsewhere; other values as they are."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return "bf16" if native else "fp32"
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

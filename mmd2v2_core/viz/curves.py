@@ -18,7 +18,8 @@ TERMS = {"loss": "-", "kd": "--", "itc": ":"}  # the objective and the two terms
 
 def plot_training_curves(runs: dict[str, dict[int, Path]], out: Path, columns: int = 3) -> Path:
     """``runs``: label → {seed: metrics.jsonl}. Per panel: the total loss and its KD and ITC terms (log scale:
-    they differ by 20×), one colour per seed; validation mean R@1/5/10 on a right axis when logged."""
+    they differ by 20×), one colour per seed; validation R@1 (image→text and text→image averaged, what the convergence check reads) on a right
+    axis when logged."""
     rows = math.ceil(len(runs) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.1 * rows), squeeze=False)
     for ax, (label, seeds) in zip(axes.flat, runs.items()):
@@ -33,8 +34,9 @@ def plot_training_curves(runs: dict[str, dict[int, Path]], out: Path, columns: i
             val = [r for r in logged if r["kind"] == "val"]
             if len(val) > 1:
                 val_ax = val_ax or ax.twinx()
-                val_ax.plot([r["step"] for r in val], [r["mean"] for r in val], "o-", color=f"C{i}", alpha=0.5)
-                val_ax.set_ylabel("val mean R@K (%)", fontsize=7)
+                val_ax.plot([r["step"] for r in val], [(r["i2t_r1"] + r["t2i_r1"]) / 2 for r in val], "o-",
+                            color=f"C{i}", alpha=0.5)
+                val_ax.set_ylabel("val R@1 (%)", fontsize=7)
         ax.set(yscale="log", xlabel="step", title=label)
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6)
