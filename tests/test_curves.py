@@ -14,7 +14,7 @@ def test_training_curves(tmp_path, val_steps):
         runs[f"run {run}"] = {}
         for seed in (0, 1):
             rows = [{"step": s, "kind": "train", "loss": scale / s, "kd": scale / s / 2} for s in (2, 4, 6, 8)]
-            rows += [{"step": s, "kind": "val", "mean": 1.0 + s} for s in val_steps]
+            rows += [{"step": s, "kind": "val", "i2t_r1": 1.0 + s, "t2i_r1": 0.5 + s, "mean": 2.0 + s} for s in val_steps]
             path = tmp_path / f"{run}{seed}.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             runs[f"run {run}"][seed] = path

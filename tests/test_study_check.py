@@ -7,6 +7,7 @@ recipe that breaks it breaks this test."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from mmd2v2_core.study import NOTEBOOKS, Study
 ROOT = Path(__file__).resolve().parents[1]
 # where each notebook's first computation is: the check must reach it, no earlier
 FIRST_COMPUTATION = {"00_data_prep": "study.prepare_data()", "01_teacher_targets": "study.build_caches()",
-                     "02_distillation_pretraining": "study.train(run, seed)",
+                     "02_distillation_pretraining": "study.train_all(runs)",
                      "03_retrieval_eval": "study.evaluate_baselines()", "04_ablation_teacher": "study.run_all(runs)",
                      "05_ablation_attention": "study.run_all(attention)",
                      "06_embeddings_and_browser": "sections.embeddings_section("}
@@ -34,15 +35,23 @@ def _assert_reached_every_first_computation(lines: list[str]) -> None:
         assert line.startswith(f"[check] {name}: ") and FIRST_COMPUTATION[name] in line, line
 
 
+@pytest.fixture
+def plenty_of_disk(monkeypatch):
+    """The embedded study needs ≈ 5 GB, more than a CI machine's /tmp may have free: these tests follow the notebooks'
+    path, not this machine's disk (the disk budget's refusal has its own test in tests/reliability/test_outputs.py)."""
+    usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=10**12))
+
+
 @pytest.mark.parametrize("profile", ["smoke", "embedded"])
-def test_every_notebook_runs_to_its_first_computation_on_a_fresh_folder(profile, tmp_path):
+def test_every_notebook_runs_to_its_first_computation_on_a_fresh_folder(profile, tmp_path, plenty_of_disk):
     run_dir = tmp_path / "study"
     lines = check_study(Study(profile, run_dir, check=True), ROOT / "notebooks", tmp_path / "reports")
     _assert_reached_every_first_computation(lines)
     assert not run_dir.exists() and not (tmp_path / "reports").exists(), "a check writes nothing"
 
 
-def test_the_check_sees_a_study_whose_data_exists_but_not_its_caches(tmp_path):
+def test_the_check_sees_a_study_whose_data_exists_but_not_its_caches(tmp_path, plenty_of_disk):
     """The state of a study killed in notebook 01 (00 made the data, the caches are not there yet): every question
     asked before a stage runs must be answerable, or the study could never restart."""
     from data_prep.synth import generate
@@ -56,7 +65,7 @@ def test_the_check_sees_a_study_whose_data_exists_but_not_its_caches(tmp_path):
     assert all("COCO only" not in label for label in study.labels.values())
 
 
-def test_a_broken_recipe_fails_the_check_naming_the_notebook_and_key(tmp_path):
+def test_a_broken_recipe_fails_the_check_naming_the_notebook_and_key(tmp_path, plenty_of_disk):
     with pytest.raises(ConfigError, match="optim.lr"):
         check_study(Study("embedded", tmp_path / "s", ["optim.lr=-1"], check=True), ROOT / "notebooks", tmp_path)
     notebooks = tmp_path / "notebooks"  # a notebook whose cell fails before any computation
