@@ -12,7 +12,11 @@ the synthetic train split):
 * the current trainer's **bare step**: the same model, objective and optimiser on one batch already in memory —
   what the trainer's data, logging and bookkeeping add is the difference;
 * achieved GFLOP/s (FLOPs of one step counted by ``torch.utils.flop_counter``) against this machine's measured
-  matmul peak in fp32 and bf16.
+  matmul peak in fp32 and bf16, and against the matmul rate at the student's own shapes (``[B·T, 128] × [128, 128]``
+  and the MLP's ``[B·T, 128] × [128, 256]``, ``[B·T, 256] × [256, 128]``) on one thread: what one of the study's
+  side-by-side runs has;
+* both cores busy: one run on every thread against one run per core side by side (each on one thread), in pairs/s
+  summed over the runs, as ``Study.train_all`` chooses between them.
 
 Also the time to score one checkpoint on both test sets as the study does it.
 """
@@ -41,7 +45,7 @@ from mmd2v2_core.eval.embed import evaluate_retrieval, student_inputs
 from mmd2v2_core.precision import resolve_precision
 from mmd2v2_core.runs import SYNTHETIC_RUNS
 from mmd2v2_core.student.frontend_cache import CachedFrontEnd
-from mmd2v2_core.student.presets import preset_from_config, student_from_config
+from mmd2v2_core.student.presets import SIZES, preset_from_config, student_from_config
 from mmd2v2_core.teachers.cache import TargetCache, build_cache
 from mmd2v2_core.teachers.inspect import preprocess_of
 from mmd2v2_core.teachers.registry import create_teacher
@@ -73,6 +77,40 @@ def matmul_peak(dtype: torch.dtype, m: int = 4096, k: int = 4096, n: int = 4096,
     for _ in range(repeats):
         a @ b
     return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+def student_matmul_rate(dtype: torch.dtype, width: int, hidden: int, rows: int, repeats: int = 50) -> float:
+    """GFLOP/s of the student's three matmul shapes (attention projections, MLP in, MLP out) on this thread count."""
+    shapes = [(rows, width, width), (rows, width, hidden), (rows, hidden, width)]
+    mats = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for m, k, n in shapes]
+    for a, b in mats:
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for a, b in mats:
+            a @ b
+    return 2 * repeats * sum(m * k * n for m, k, n in shapes) / (time.perf_counter() - start) / 1e9
+
+
+def run_current(overrides: list[str], threads: int) -> subprocess.Popen:
+    """Today's trainer in a process of its own on ``threads`` threads, as ``Study.train_all`` launches a run."""
+    return subprocess.Popen([sys.executable, "-c", REFERENCE_TRAIN, *overrides], cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def side_by_side(common: list[str], recipe: list[str], steps: int, out: Path) -> tuple[float, list[float]]:
+    """(pairs/s of one run on every core, pairs/s of each of one-run-per-core side by side)."""
+    cores = torch.get_num_threads()
+    rates = []
+    for jobs, threads in ((1, cores), (cores, 1)):
+        runs = [out / f"{jobs}x{threads}-{i}" for i in range(jobs)]
+        procs = [run_current([*common, *recipe, f"run.out_dir={r}", f"optim.steps={steps}"], threads) for r in runs]
+        for proc in procs:
+            if proc.wait():
+                raise SystemExit(f"side-by-side run failed:\n{proc.stderr.read()[-3000:]}")
+        rates.append([trainer_rate(r / "metrics.jsonl") for r in runs])
+    return rates[0][0], rates[1]
 
 
 def run_reference(worktree: Path, overrides: list[str]) -> None:
@@ -134,7 +172,15 @@ def main() -> None:
     data = domains["synth-coco"]
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print("matmul peak GFLOP/s:", {k: round(v) for k, v in peaks.items()})
-    rows = []
+    cores = torch.get_num_threads()
+    width, hidden = SIZES["embedded"]["width"], int(SIZES["embedded"]["width"] * SIZES["embedded"]["mlp_ratio"])
+    torch.set_num_threads(1)
+    # rows = a batch of 64 pairs × 17 image tokens (16 + CLS) or ≈ 20 caption tokens: the image side's count
+    at_shapes = {k: student_matmul_rate(d, width, hidden, 64 * 17) for k, d in (("fp32", torch.float32),
+                                                                                ("bf16", torch.bfloat16))}
+    torch.set_num_threads(cores)
+    print("matmul GFLOP/s at the student's shapes, one thread:", {k: round(v) for k, v in at_shapes.items()})
+    rows, split = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         worktree = tmp / "reference"
@@ -168,6 +214,10 @@ def main() -> None:
                 rows.append((label, reference, current, bare, gflop / cfg.optim.batch_size, cfg.optim.batch_size,
                              precision))
                 print(label, f"reference {reference:.0f}, current {current:.0f}, bare {bare:.0f} pairs/s")
+                alone, beside = side_by_side(common, recipe, args.steps, tmp / "side-by-side" / run)
+                split.append((label, alone, beside))
+                print(label, f"one run on {cores} threads {alone:.0f} pairs/s; {cores} runs on one thread each "
+                             f"{' + '.join(f'{r:.0f}' for r in beside)} pairs/s")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
                            capture_output=True)
@@ -184,12 +234,16 @@ def main() -> None:
             score_seconds.append(time.perf_counter() - start)
         print("scoring one checkpoint: first {:.1f} s, then {:.1f} s".format(*score_seconds))
 
-    table = []
-    for label, reference, current, bare, mflop, batch, precision in rows:
+    table, shares = [], []
+    for (label, reference, current, bare, mflop, batch, precision), (_, alone, beside) in zip(rows, split):
         achieved = current * mflop
         table.append(f"| {label} | {reference:.0f} | {current:.0f} (batch {batch}, {precision}) | "
                      f"×{current / reference:.2f} | {bare:.0f} | {100 * (bare / current - 1):.0f} % | "
                      f"{mflop * 1e3:.0f} | {achieved:.0f} ({100 * achieved / peaks[precision]:.0f} % of {precision} peak) |")
+        one_thread = beside[0] * mflop  # a side-by-side run's rate against the matmul rate one thread has
+        shares.append(f"| {label} | {alone:.0f} | {' + '.join(f'{r:.0f}' for r in beside)} = {sum(beside):.0f} | "
+                      f"×{sum(beside) / alone:.2f} | {one_thread:.1f} | {at_shapes[precision]:.1f} ({precision}) | "
+                      f"{100 * one_thread / at_shapes[precision]:.0f} % |")
     write_section("train", "\n".join([
         "## Training throughput, embedded size (`bench/bench_train.py`)",
         "",
@@ -207,6 +261,17 @@ def main() -> None:
         *table,
         "",
         "Targets: current ≥ 3× the reference for S-SMKE; trainer overhead ≤ 10 %.",
+        "",
+        f"Both cores busy: one run on {cores} threads against {cores} runs side by side on one thread each (the "
+        f"study's choice, `Study.train_all`), {args.steps} steps each, pairs/s from each run's log; and one "
+        "side-by-side run's achieved GFLOP/s against the matmul rate one thread reaches at the student's own shapes "
+        f"(width {width}, MLP {hidden}, {64 * 17:,} rows; projections, MLP in and out). Machines with more cores were "
+        "not measured (none lent): the study trains min(runs left, threads, memory / 3 GiB) side by side.",
+        "",
+        "| recipe | one run, pairs/s | runs side by side, pairs/s | gain | a side-by-side run, GFLOP/s | "
+        "matmul at the student's shapes, 1 thread, GFLOP/s | share |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *shares,
         "",
         f"Scoring one checkpoint on both test sets (synth-coco 5K + synth-flickr 1K: 6,000 images, 30,020 captions; "
         f"cached front end, bf16): {score_seconds[0]:.1f} s for the first checkpoint of a process (it tokenises the "

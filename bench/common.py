@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 from pathlib import Path
 
@@ -12,9 +10,12 @@ HEADER = "# Benchmarks\n\nWritten by the scripts in `bench/`; each section is re
 
 
 def machine() -> str:
+    """The CPU by model, cores and bf16 class (what a timing depends on), and the torch it ran."""
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    from mmd2v2_core.precision import cpu_description
+
+    return f"{cpu_description()}, torch {torch.__version__}"
 
 
 def write_section(name: str, body: str) -> None:
