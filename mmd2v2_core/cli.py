@@ -247,7 +247,8 @@ def _study_check(args: argparse.Namespace) -> None:
 
 
 def _study_locked(args: argparse.Namespace) -> None:
-    from .runner import check_inputs, run_study
+    from .eta import eta_lines
+    from .runner import check_inputs, run_study, unfinished_notebooks
 
     nproc = args.nproc_per_node or max(1, _cuda_count())
     if args.gpu_memory and not args.plan:
@@ -260,6 +261,12 @@ def _study_locked(args: argparse.Namespace) -> None:
         study = Study(args.profile, args.run_dir or f"runs/study-{args.profile}", args.params, data_dir=args.data,
                       nproc_per_node=nproc, imagenet_dir=args.imagenet)
         check_inputs(study)
+        for line in eta_lines(study, unfinished_notebooks(study.run_dir)):
+            print(line)
+        if not (study.train_data / "manifest.json").is_file():  # a synthetic study generates it in notebook 00
+            print(f"plan: the runs' plan reads their data, which notebook 00 makes: "
+                  f"mmd2v2 study --profile {args.profile} --only 00_data_prep, then --plan again")
+            return
         print(mix_markdown(data_mix(study)) + "\n")
         if args.gpu_memory:
             print(memory_markdown(memory_plan(study, args.gpu_memory, nproc)) + "\n")

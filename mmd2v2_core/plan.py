@@ -231,6 +231,10 @@ def write_plan(study, nproc_per_node: int = 1, warmup_steps: int = 0, device_gib
     """``plan/plan.sh``; each run with the dataloader workers its input plan needs; with ``warmup_steps`` > 0 each
     line is preceded by its expected hours; with ``device_gib`` each run trains with the gradient accumulation its
     memory plan needs on devices of that size."""
+    # timed before the workers and accumulation join the overrides: they change the run keys, not the rate, and the
+    # warm-ups `--plan` has just measured are cached under the keys without them
+    hours = {(r["run"], r["seed"]): r["hours"] for r in time_plan(study, warmup_steps, nproc_per_node)} \
+        if warmup_steps else {}
     fits = {r["run"]: r for r in memory_plan(study, device_gib, nproc_per_node)} if device_gib else {}
     # the workers the input plan asks for, unless the user chose (-p data.num_workers=…)
     feeds = {} if any(o.startswith("data.num_workers=") for o in study.overrides) else \
@@ -239,8 +243,6 @@ def write_plan(study, nproc_per_node: int = 1, warmup_steps: int = 0, device_gib
         study.run_overrides.setdefault(run, []).extend(
             [*([f"data.num_workers={feeds[run]['workers']}"] if feeds else []),
              *([f"optim.accum={fits[run]['accum']}"] if fits else [])])
-    hours = {(r["run"], r["seed"]): r["hours"] for r in time_plan(study, warmup_steps, nproc_per_node)} \
-        if warmup_steps else {}
     lines = ["#!/usr/bin/env bash",
              f"# mmd2v2 study plan · profile {study.profile.name} · {study.run_dir}",
              "# One torchrun line per training run not finished yet (finished runs are never redone; a rerun line",

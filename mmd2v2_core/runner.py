@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .data.index import write_text_atomic
 from .errors import ConfigError, KitError
+from .eta import TRAINING_LOG, eta_lines, probe, record_reference
 from .precision import cpu_description, resolve_precision
 from .preflight import disk_problem
 from .report.builder import assemble
@@ -45,6 +46,11 @@ def _selection(done_dir: Path, only: str | None, start: str | None) -> list[str]
             (done_dir / f"{name}.json").unlink(missing_ok=True)
         return chosen
     return [n for n in NOTEBOOKS if not (done_dir / f"{n}.json").is_file()]
+
+
+def unfinished_notebooks(run_dir: Path) -> list[str]:
+    """The notebooks a plain ``mmd2v2 study`` on ``run_dir`` would run."""
+    return _selection(Path(run_dir) / "done", None, None)
 
 
 def check_inputs(study: Study) -> None:
@@ -114,10 +120,14 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
     os.environ.setdefault("MMD2V2_PROGRESS", "plain")  # papermill shows a notebook's bars as log lines
     kernel_manager = _kernel_manager()
     parameters = notebook_parameters(study, reports_dir)
-    for name in _selection(done_dir, only, start):
+    selection = _selection(done_dir, only, start)
+    here = probe(study.profile.data_profile) if study.profile.synthetic and selection else None
+    for line in eta_lines(study, selection, here):
+        log(line)
+    for name in selection:
         source, target = notebooks_dir / f"{name}.ipynb", executed / f"{name}.ipynb"
         log(f"[study] {name} …")
-        began = time.perf_counter()
+        began, trained_before = time.perf_counter(), _training_records(done_dir)
         try:
             # the notebook's own printing (each run's start and end lines, its progress bars) streams through
             pm.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
@@ -127,10 +137,22 @@ def run_study(profile: str = "embedded", run_dir: str | Path | None = None, repo
             raise StudyFailed(f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue.strip()}); "
                               f"executed copy with the error: {target}") from None
         seconds = time.perf_counter() - began
-        write_text_atomic(done_dir / f"{name}.json", json.dumps({"seconds": round(seconds, 1), "cpu": cpu_description(),
-                                                                 "auto_precision": resolve_precision("auto")}) + "\n")
+        trained = _training_records(done_dir)[len(trained_before):]
+        write_text_atomic(done_dir / f"{name}.json", json.dumps({
+            "seconds": round(seconds, 1), "cpu": cpu_description(), "auto_precision": resolve_precision("auto"),
+            "training_seconds": round(sum(t["seconds"] for t in trained), 1), "pairs": sum(t["pairs"] for t in trained),
+            "side_by_side": max((t["side_by_side"] for t in trained), default=0)}) + "\n")
         log(f"[study] {name} done in {seconds:.0f} s")
-    return assemble(run_dir, reports_dir, profile, NOTEBOOKS, notebooks_dir)
+    report = assemble(run_dir, reports_dir, profile, NOTEBOOKS, notebooks_dir)
+    if here and only is None and start is None and len(selection) == len(NOTEBOOKS):
+        log(f"[study] timings recorded for later estimates: {record_reference(study, NOTEBOOKS, done_dir, reports_dir, here)}")
+    return report
+
+
+def _training_records(done_dir: Path) -> list[dict]:
+    """What ``Study.train_all`` logged: pairs, seconds and runs side by side of each call."""
+    path = done_dir / TRAINING_LOG
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def check_study(study: Study, notebooks_dir: str | Path = "notebooks", reports_dir: str | Path = "reports",

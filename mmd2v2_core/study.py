@@ -43,6 +43,7 @@ from .data.datasets import RetrievalSplit
 from .data.index import read_log_lines, write_text_atomic
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, DataError, KitError
+from .eta import TRAINING_LOG
 from .eval.baseline import CCABaseline, bag_of_words, fit_baseline, thumbnails
 from .eval.embed import encode_captions, encode_images, evaluate_retrieval, student_inputs
 from .eval.transfer import transfer_decomposition
@@ -383,14 +384,24 @@ class Study:
         """Train every seed of ``runs`` not trained yet, ``side_by_side`` of them at a time, each then in a process of
         its own on one thread (else one after another, in this process, on all of them)."""
         pending = [(run, seed) for run in runs for seed in self.profile.seeds if not self.trained(run, seed)]
-        jobs = self.side_by_side(len(pending))
+        if not pending:
+            return
+        jobs, began = self.side_by_side(len(pending)), time.perf_counter()
         if jobs == 1:
             for run, seed in pending:
                 self.train(run, seed)
-            return
-        with self.writing(), ThreadPoolExecutor(jobs) as pool:
-            for _ in pool.map(lambda pair: self._train(*pair, threads=1), pending):
-                pass  # the first failure is raised once the runs already started have ended
+        else:
+            with self.writing(), ThreadPoolExecutor(jobs) as pool:
+                for _ in pool.map(lambda pair: self._train(*pair, threads=1), pending):
+                    pass  # the first failure is raised once the runs already started have ended
+        pairs = 0
+        for run, seed in pending:
+            cfg = self.config(run, seed)
+            pairs += cfg.optim.steps * cfg.optim.batch_size
+        (self.run_dir / "done").mkdir(exist_ok=True)
+        with self.writing(), open(self.run_dir / "done" / TRAINING_LOG, "a") as log:  # what the study's ETA scales
+            log.write(json.dumps({"pairs": pairs, "seconds": round(time.perf_counter() - began, 1),
+                                  "side_by_side": jobs}) + "\n")
 
     def side_by_side(self, pending: int) -> int:
         """How many of ``pending`` runs train at once: one per thread this study may use (torch's intra-op threads:

@@ -105,6 +105,7 @@ def test_plan_lists_a_torchrun_line_per_run_with_its_hours(real):
                          rf"[\d.]+ of 24 GiB\), 0 dataloader workers per process ≈ [\d.]+ h on 2 process\(es\)$",
                          plan, re.M), run
         assert re.search(rf"^\| {run} \| 0 \| 2 × 8 \| 16 \| [\d.]+ \| 2 \| [\d.]+ \| no \|$", plan_log, re.M), run
+        assert plan_log.count(f"[plan] {run} seed 0 · warm-up") == 1, plan_log  # the table and plan.sh share it
 
 
 def test_each_run_trains_on_the_thesis_data_mix(real):
