@@ -74,7 +74,7 @@ def test_training_reading_follows_the_logged_losses(final, verdict):
 def test_recipe_is_read_off_the_resolved_config():
     mmd = describe(load_config("embedded", ["student.frontend_cache=/tmp/frontend"]))
     assert mmd["layout"] == "2+1 (seed 5+1)" and mmd["attention"] == "separate"
-    assert mmd["loss"] == "1 × KD MSE (image + text)" and mmd["steps × batch"] == "600 × 64"
+    assert mmd["loss"] == "1 × KD MSE (image + text)" and mmd["steps × batch"] == "1800 × 64"
     assert mmd["teacher"] == "efficientnet-lite0" and mmd["target"] == "pooled, whitened to 128, 64 px"
     smke = describe(load_config("embedded", ["student.frontend_cache=/tmp/frontend", "student.preset=smke", "loss.kd=cdl", "loss.kd_weight=3",
                                              "loss.itc_weight=1", "loss.memory_bank=4096", "teacher.whiten=false",
