@@ -129,11 +129,40 @@ def test_sigkill_during_checkpoint_save(smoke_source, reference_run, tmp_path, c
 KILL_INTO_NOTEBOOK = {"01_teacher_targets": 0.0}
 
 
-def _released(folder: Path, timeout: float = 60) -> None:
-    """Wait until nothing holds the study folder. The kernel runs in a session of its own (jupyter_client), so a kill
-    of the runner's process group leaves it; it notices its parent is gone within a second (ipykernel's parent
-    poller) and exits, and its lock goes with it."""
+def _descendants(pid: int) -> set[int]:
+    """The processes started by ``pid``, at any depth (Linux /proc): the runner's notebook kernel among them."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while listed
+            continue
+        parents.setdefault(int(fields[1]), set()).add(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        children = parents.get(todo.pop(), set()) - found
+        found |= children
+        todo.extend(children)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (an exited process no one has reaped yet is a zombie: state Z)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _released(folder: Path, orphans: set[int], timeout: float = 60) -> None:
+    """Wait until the killed runner's ``orphans`` have exited and nothing holds the study folder. The kernel runs in
+    a session of its own (jupyter_client), so a kill of the runner's process group leaves it; it notices its parent
+    is gone within a second (ipykernel's parent poller) and exits, and its lock goes with it. Until it has exited it
+    may take the lock again between two stages, so a free lock alone does not say the folder is free."""
     deadline = time.monotonic() + timeout
+    while any(_running(pid) for pid in orphans):
+        assert time.monotonic() < deadline, f"the killed study's kernel {orphans} still runs {timeout:.0f} s after the kill"
+        time.sleep(0.1)
     while True:
         try:
             with folder_lock(folder, "the test", "wait"):
@@ -170,10 +199,11 @@ def test_a_study_killed_in_every_notebook_restarts_and_ends_as_an_uninterrupted_
             time.sleep(0.05)
         assert proc.poll() is None and began is not None and not (run_dir / "done" / f"{name}.json").exists(), \
             f"not killed during {name}: {log.read_text()[-2000:]}"
+        orphans = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert (run_dir / LOCK_FILE).is_file()  # the lock's record stays; the lock goes with its processes
-        _released(run_dir)  # no clean-up: the next study starts as soon as the orphaned kernel has exited
+        _released(run_dir, orphans)  # no clean-up: the next study starts as soon as the orphaned kernel has exited
         if name == "01_teacher_targets":
             assert not list((run_dir / "cache").rglob("meta.json")), "killed after a cache was made"
         seen(f"killed runner and kernel {time.monotonic() - began:.1f} s into {name}")
