@@ -76,9 +76,14 @@ def training_to_do(study) -> dict[str, tuple[int, int]]:
         runs = [r for chapter in chapters for r in getattr(study.profile, chapter) if r not in seen]
         seen.update(runs)
         pending = [(r, s) for r in runs for s in study.profile.seeds if not study.trained(r, s)]
-        cfgs = [study.config(r, s, inputs=False) for r, s in pending]
-        todo[notebook] = (len(pending), sum(c.optim.steps * c.optim.batch_size for c in cfgs))
+        todo[notebook] = (len(pending), pairs_to_train(study, pending))
     return todo
+
+
+def pairs_to_train(study, runs: list[tuple[str, int]]) -> int:
+    """Steps × batch summed over (run, seed) ``runs``: the pairs their training sees."""
+    cfgs = [study.config(run, seed, inputs=False) for run, seed in runs]
+    return sum(cfg.optim.steps * cfg.optim.batch_size for cfg in cfgs)
 
 
 def expected_seconds(study, notebooks: list[str], here: float, reference: dict) -> dict[str, float]:

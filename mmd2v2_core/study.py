@@ -43,7 +43,7 @@ from .data.datasets import RetrievalSplit
 from .data.index import read_log_lines, write_text_atomic
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, DataError, KitError
-from .eta import TRAINING_LOG
+from .eta import TRAINING_LOG, pairs_to_train
 from .eval.baseline import CCABaseline, bag_of_words, fit_baseline, thumbnails
 from .eval.embed import encode_captions, encode_images, evaluate_retrieval, student_inputs
 from .eval.transfer import transfer_decomposition
@@ -394,13 +394,10 @@ class Study:
             with self.writing(), ThreadPoolExecutor(jobs) as pool:
                 for _ in pool.map(lambda pair: self._train(*pair, threads=1), pending):
                     pass  # the first failure is raised once the runs already started have ended
-        pairs = 0
-        for run, seed in pending:
-            cfg = self.config(run, seed)
-            pairs += cfg.optim.steps * cfg.optim.batch_size
         (self.run_dir / "done").mkdir(exist_ok=True)
         with self.writing(), open(self.run_dir / "done" / TRAINING_LOG, "a") as log:  # what the study's ETA scales
-            log.write(json.dumps({"pairs": pairs, "seconds": round(time.perf_counter() - began, 1),
+            log.write(json.dumps({"pairs": pairs_to_train(self, pending),
+                                  "seconds": round(time.perf_counter() - began, 1),
                                   "side_by_side": jobs}) + "\n")
 
     def side_by_side(self, pending: int) -> int:
