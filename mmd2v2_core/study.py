@@ -41,6 +41,7 @@ from data_prep.synth.transfer import generate_transfer_sets
 from .config import TrainConfig, load_config, read_preset, to_dict, to_yaml
 from .data.datasets import RetrievalSplit
 from .data.index import read_log_lines, write_text_atomic
+from .data.rendering import VERSION as RENDERING_VERSION
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, DataError, KitError
 from .eta import TRAINING_LOG, pairs_to_train
@@ -97,6 +98,8 @@ def run_key(cfg: TrainConfig, *roots: Path) -> str:
         if key in _PATHS and value:
             inside = [Path(value).relative_to(r).as_posix() for r in roots if Path(value).is_relative_to(r)]
             tree[section][name] = inside[0] if inside else value
+    if cfg.data.rendering_views:  # views drawn by other code are another run
+        tree["data"]["rendering_version"] = RENDERING_VERSION
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -20,9 +20,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_prep.synth.render import BACKGROUND_RGB, RGB, render
+from data_prep.synth.render import BACKGROUND_RGB, RADIUS, RGB, render
 from data_prep.synth.scenes import COLS, ROWS, sample_scene
-from mmd2v2_core.data.rendering import TRAITS, draw_families, render_augment
+from mmd2v2_core.data.rendering import (FRAMING_SCALE, TRAITS, draw_families, framing_bounds, reframe,
+                                        render_augment)
 
 PALETTE = torch.tensor(list(RGB.values()), dtype=torch.float32)  # [8, 3]
 COLOUR_NAMES = list(RGB)
@@ -98,8 +99,10 @@ def object_masks(scene: dict, image: torch.Tensor) -> list[torch.Tensor]:
     return masks
 
 
-def measure(image: torch.Tensor, scene: dict, masks: list[torch.Tensor], k: int, threshold: float | None = None):
-    """Object k of ``image``: (centroid row, centroid col, area, colour name, threshold) as described above."""
+def measure(image: torch.Tensor, scene: dict, masks: list[torch.Tensor], k: int, threshold: float | None = None,
+            picture: torch.Tensor | None = None):
+    """Object k of ``image``: (centroid row, centroid col, area, colour name, threshold) as described above;
+    ``picture``: the pixels of a reframed scene (its border is not an object's)."""
     _, h, w = image.shape
     s = h / 64
     obj = scene["objects"][k]
@@ -107,7 +110,7 @@ def measure(image: torch.Tensor, scene: dict, masks: list[torch.Tensor], k: int,
     margin = h // 18
     top, left = max(0, r * h // 3 - margin), max(0, c * w // 3 - margin)
     box = (slice(top, (r + 1) * h // 3 + margin), slice(left, (c + 1) * w // 3 + margin))
-    window = torch.ones(h, w, dtype=torch.bool)
+    window = torch.ones(h, w, dtype=torch.bool) if picture is None else picture.clone()
     for j, other in enumerate(masks):
         if j != k:
             window &= ~_dilate(other, round(2 * s))
@@ -142,25 +145,26 @@ def measure(image: torch.Tensor, scene: dict, masks: list[torch.Tensor], k: int,
     return top + float(ys.float().mean()), left + float(xs.float().mean()), int(part.sum()), name, threshold
 
 
-def background_name(image: torch.Tensor, masks: list[torch.Tensor]) -> str:
-    away = torch.ones(image.shape[1:], dtype=torch.bool)
+def background_name(image: torch.Tensor, masks: list[torch.Tensor], picture: torch.Tensor | None = None) -> str:
+    away = torch.ones(image.shape[1:], dtype=torch.bool) if picture is None else picture.clone()
     for m in masks:
         away &= ~_dilate(m, round(3 * image.shape[1] / 64))
     mean = image.float()[:, away].mean(dim=1)
     return BACKGROUND_NAMES[int(torch.cdist(mean[None], BACKGROUND_MEANS).argmin())]
 
 
-def content_problems(scene: dict, clean: torch.Tensor, view: torch.Tensor) -> list[str]:
-    """What a view changed that a caption names (empty: nothing)."""
+def content_problems(scene: dict, clean: torch.Tensor, view: torch.Tensor,
+                     picture: torch.Tensor | None = None) -> list[str]:
+    """What a view changed that a caption names (empty: nothing); ``picture`` as in ``measure``."""
     _, h, w = clean.shape
     masks = object_masks(scene, clean)
     problems = []
-    if background_name(view, masks) != scene["background"]:
-        problems.append(f"background {scene['background']} → {background_name(view, masks)}")
+    if background_name(view, masks, picture) != scene["background"]:
+        problems.append(f"background {scene['background']} → {background_name(view, masks, picture)}")
     for k, obj in enumerate(scene["objects"]):
         before = measure(clean, scene, masks, k)
         assert before is not None and before[3] == obj["color"], (obj, before)  # the measure itself
-        after = measure(view, scene, masks, k, threshold=before[4])
+        after = measure(view, scene, masks, k, threshold=before[4], picture=picture)
         label = f"{obj['size']} {obj['color']} {obj['shape']} at {obj['position']}"
         if after is None:
             problems.append(f"{label}: lost")
@@ -249,6 +253,26 @@ def test_the_content_check_finds_changed_content():
     assert any("background" in p for p in content_problems(scene, image, repainted))
 
 
+def framed(image: torch.Tensor, framing: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The clean drawing reframed as a view reframed it, in a margin of its background colour (the reference a
+    reframed view's content is compared with; ``test_framing_keeps_every_object_in_its_cell`` checks it against
+    the scene), and the mask of the reframed picture's pixels (None: not reframed)."""
+    if not framing:
+        return image, None
+    x = image.float()
+    fill = x.flatten(1).median(dim=1).values.view(3, 1, 1)
+    reference = reframe(x, framing["scale"], framing["dy"], framing["dx"], fill).round().clamp(0, 255)
+    cover = reframe(torch.ones(1, *x.shape[1:]), framing["scale"], framing["dy"], framing["dx"], torch.zeros(1, 1, 1))
+    return reference.to(torch.uint8), cover[0] > 0.99
+
+
+def view_problems(scene: dict, image: torch.Tensor, gen: torch.Generator, **kwargs) -> list[str]:
+    framing: dict = {}
+    view = render_augment(image, gen, framing=framing, **kwargs)
+    reference, picture = framed(image, framing)
+    return content_problems(scene, reference, view, picture)
+
+
 @pytest.mark.parametrize("family", TRAITS)
 def test_each_family_changes_the_drawing_and_keeps_what_captions_name(family):
     drawn = scenes(16, 64, 6) + scenes(3, 128, 7)
@@ -256,9 +280,42 @@ def test_each_family_changes_the_drawing_and_keeps_what_captions_name(family):
     for i, (scene, image) in enumerate(drawn):
         view = render_augment(image, torch.Generator().manual_seed(100 + i), families=(family,))
         changed += not torch.equal(view, image)
-        problems = content_problems(scene, image, view)
+        problems = view_problems(scene, image, torch.Generator().manual_seed(100 + i), families=(family,))
         assert problems == [], (family, i, scene, problems)
     assert changed >= 0.75 * len(drawn), family  # (``hollow`` leaves a small thin-armed star or cross filled)
+
+
+def _extreme_framings() -> list[tuple[float, float, float]]:
+    """The smallest scale, the scale of the largest shift and no scaling, each at every corner of its bounds."""
+    scales = (FRAMING_SCALE[0], max((FRAMING_SCALE[0] + k / 100 for k in range(21)), key=framing_bounds), 1.0)
+    return [(s, sy * framing_bounds(s), sx * framing_bounds(s)) for s in scales for sy in (-1, 1) for sx in (-1, 1)]
+
+
+def test_framing_keeps_every_object_in_its_cell():
+    """At the extremes of its bounds, a reframed scene keeps each object's centroid inside its own cell (by
+    0.01 of the side, less a pixel's resampling) and its size class: the area scales by scale² and a large
+    shape's radius stays nearer the large radius than the small one; the object still reads as drawn."""
+    assert framing_bounds(FRAMING_SCALE[0]) > 0 and framing_bounds(1.0) == 0  # shifts exist; none at full size
+    assert FRAMING_SCALE[0] * RADIUS["large"] > math.sqrt(RADIUS["small"] * RADIUS["large"])
+    drawn = scenes(40, 64, 10) + scenes(4, 128, 11)
+    checked = 0
+    for scene, image in drawn:
+        h = image.shape[1]
+        centre = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+        for scale, dy, dx in _extreme_framings():
+            reference, _ = framed(image, {"scale": scale, "dy": dy, "dx": dx})
+            found = object_masks(scene, reference)
+            for obj, m0, m1 in zip(scene["objects"], object_masks(scene, image), found):
+                moved = reframe(m0.float()[None], scale, dy, dx, torch.zeros(1, 1, 1))[0]  # the object's own pixels
+                area = float(moved.sum())
+                cy, cx = float((moved.sum(1) * centre).sum()) / area, float((moved.sum(0) * centre).sum()) / area
+                row, col = ROWS.index(obj["row"]), COLS.index(obj["col"])
+                inside = min(cy - row / 3, (row + 1) / 3 - cy, cx - col / 3, (col + 1) / 3 - cx)
+                assert inside > 0.01 - 0.5 / h, (obj, scale, dy, dx, inside)
+                assert abs(area / (scale * scale * int(m0.sum())) - 1) < 0.05, (obj, scale, area, int(m0.sum()))
+                assert int(m1.sum()) >= 0.4 * area, (obj, scale, dy, dx)  # its colour, mostly in its cell
+                checked += 1
+    assert checked > 100
 
 
 def test_mixed_views_keep_what_captions_name():
@@ -268,14 +325,14 @@ def test_mixed_views_keep_what_captions_name():
     problems, objects = [], 0
     for i, (scene, image) in enumerate(drawn):
         for p in (0.7, 1.0):
-            problems += content_problems(scene, image, render_augment(image, torch.Generator().manual_seed(i), p=p))
+            problems += view_problems(scene, image, torch.Generator().manual_seed(i), p=p)
             objects += len(scene["objects"])
     assert len(problems) <= 0.02 * objects, problems
 
 
 def test_the_report_names_the_test_traits_the_views_contain():
     from data_prep.synth.render import STYLE_TRAITS
-    from mmd2v2_core.data.rendering import TEST_TRAITS_COVERED, TRAITS
+    from mmd2v2_core.data.rendering import GEOMETRIC_CHANGES, TEST_TRAITS_COVERED, TRAITS
     from mmd2v2_core.report.sections import views_statement
 
     assert set(TEST_TRAITS_COVERED) == set(STYLE_TRAITS["flickr"])  # every trait of the zero-shot style is mapped
@@ -283,3 +340,5 @@ def test_the_report_names_the_test_traits_the_views_contain():
     text = views_statement()
     assert f"randomise {len(TRAITS)} families" in text and "outline (as outline)" in text
     assert "photometric" in text.split("no test set here has")[1] and "outline" not in text.split("no test set")[1]
+    assert all(f"{family} (" in text.split("change geometry")[1] for family in GEOMETRIC_CHANGES)
+    assert "framing" in GEOMETRIC_CHANGES and "No view crops, zooms in or flips" in text

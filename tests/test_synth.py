@@ -137,6 +137,29 @@ def test_unknown_profile():
         generate("/nonexistent", "huge")
 
 
+def test_the_held_out_mat_reframes_the_scene_and_keeps_each_object_in_its_cell():
+    """``mat`` (a held-out look, in no style): the scene drawn smaller inside a mat and frame, each object still in
+    its own grid cell and in its colour, the same pixels for the same seed."""
+    import numpy as np
+
+    from data_prep.synth.render import HELD_OUT_TRAITS, MAT_SCALE, RGB, STYLE_TRAITS, render
+    from data_prep.synth.scenes import COLS, ROWS
+
+    assert "mat" in HELD_OUT_TRAITS and all("mat" not in traits for traits in STYLE_TRAITS.values())
+    for row, col in ((r, c) for r in ROWS for c in COLS):
+        scene = {"background": "night", "objects": [{"shape": "square", "color": "yellow", "size": "large",
+                                                     "row": row, "col": col}]}
+        for size in (64, 128):
+            image = np.asarray(render(scene, size, ("mat",), (0, 1, 0, 5))).astype(np.float32)
+            assert np.array_equal(image, np.asarray(render(scene, size, ("mat",), (0, 1, 0, 5))))
+            plain = np.asarray(render(scene, size, (), (0, 1, 0, 5))).astype(np.float32)
+            ys, xs = np.nonzero(np.linalg.norm(image - np.array(RGB["yellow"]), axis=-1) < 30)
+            assert (int(3 * ys.mean() / size), int(3 * xs.mean() / size)) == (ROWS.index(row), COLS.index(col))
+            area = (np.linalg.norm(plain - np.array(RGB["yellow"]), axis=-1) < 30).sum()
+            assert 0.8 < len(ys) / (area * MAT_SCALE ** 2) < 1.25  # drawn at MAT_SCALE
+            assert np.linalg.norm(image[0, 0] - plain[0, 0]) > 60  # the frame, not the night sky
+
+
 def test_each_rendering_trait_changes_the_drawing_and_all_of_them_are_the_flickr_style():
     import numpy as np
 

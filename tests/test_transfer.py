@@ -21,7 +21,7 @@ def transfer_sets(smoke_data, tmp_path_factory):
 
 
 def test_transfer_sets_redraw_the_test_scenes_in_the_training_phrasing(smoke_data, transfer_sets):
-    assert set(transfer_sets) == {"flickr", "coco", *(f"coco+{t}" for t in TRAITS)}
+    assert set(transfer_sets) == {"flickr", "coco", *(f"coco+{t}" for t in TRAITS), "coco+mat"}
     test = read_split(smoke_data["synth-flickr"], "test")
     training_phrasing = read_split(transfer_sets["coco"], "test")
     coco_backgrounds = [p for phrases in STYLES["coco"].backgrounds.values() for p in phrases]

@@ -40,6 +40,13 @@ RADIUS = {"small": 0.08, "large": 0.13}  # fraction of the image side; a grid ce
 EXTENT = 1.25
 TRAITS = ("background", "hue", "rotation", "shadow", "outline", "blur")
 STYLE_TRAITS = {"coco": (), "flickr": TRAITS}
+# A look no style has and no rendering view draws (``data_prep.synth.transfer`` tests transfer to it): ``mat``,
+# the scene drawn natively at MAT_SCALE of the side, centred in a light mat inside a bevelled dark frame. The
+# views' ``framing`` resamples a drawn scene into a flat margin or border; nothing in them draws a mat or a bevel.
+HELD_OUT_LOOKS = {"mat": "the scene drawn natively at 0.8 of the side, centred in an ivory mat inside a bevelled "
+                         "dark frame"}
+HELD_OUT_TRAITS = tuple(HELD_OUT_LOOKS)
+MAT_SCALE = 0.8  # every object's centre stays ≥ 0.04 of the side inside its cell; a large shape stays large
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -83,9 +90,11 @@ def _background(name: str, size: int, textured: bool, rng: np.random.Generator) 
 def render(scene: dict, size: int, traits, seed: tuple[int, ...]) -> Image.Image:
     """The scene as a size×size RGB image with the rendering ``traits`` (a subset of ``TRAITS``; a style's are
     ``STYLE_TRAITS[style]``); the same seed always gives the same pixels."""
-    unknown = set(traits) - set(TRAITS)
+    unknown = set(traits) - set(TRAITS) - set(HELD_OUT_TRAITS)
     if unknown:
-        raise ValueError(f"unknown rendering traits {sorted(unknown)}; choose from {TRAITS}")
+        raise ValueError(f"unknown rendering traits {sorted(unknown)}; choose from {TRAITS + HELD_OUT_TRAITS}")
+    if "mat" in traits:
+        return _matted(render(scene, round(MAT_SCALE * size), [t for t in traits if t != "mat"], seed), size)
     rng = np.random.default_rng(list(seed))
     img = Image.fromarray(_background(scene["background"], size, "background" in traits, rng))
     draw = ImageDraw.Draw(img)
@@ -109,6 +118,21 @@ def render(scene: dict, size: int, traits, seed: tuple[int, ...]) -> Image.Image
             _draw_shape(draw, obj["shape"], cx, cy, r, angle, fill, None, 0)
     if "blur" in traits:
         img = img.filter(ImageFilter.GaussianBlur(radius=size / 160))
+    return img
+
+
+def _matted(picture: Image.Image, size: int) -> Image.Image:
+    """``picture`` centred on a size×size mat: a dark wooden frame (lit from the top left) around an ivory mat,
+    with a thin grey bevel at the picture's edge."""
+    frame = max(2, round(0.05 * size))
+    img = Image.new("RGB", (size, size), (92, 58, 34))
+    draw = ImageDraw.Draw(img)
+    draw.polygon([(0, 0), (size, 0), (size - frame, frame), (frame, frame), (frame, size - frame), (0, size)],
+                 fill=(128, 86, 52))  # the lit half of the frame
+    draw.rectangle([frame, frame, size - frame - 1, size - frame - 1], fill=(236, 230, 214))
+    at = (size - picture.width) // 2
+    draw.rectangle([at - 1, at - 1, at + picture.width, at + picture.height], fill=(150, 146, 138))
+    img.paste(picture, (at, at))
     return img
 
 

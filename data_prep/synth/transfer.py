@@ -7,6 +7,7 @@ each captioned in the *training* domain's phrasing (coco)::
     out/flickr/          the test set's own pixels (same seeds: identical images)
     out/coco/            the same scenes in the training domain's style
     out/coco+<trait>/    the training style plus one of the test style's traits (outline, shadow, …)
+    out/coco+mat/        the training style in a mat and frame: a held-out look (``render.HELD_OUT_TRAITS``)
 
 Images keep the test set's order and caption counts, so every image set pairs with both caption sets:
 the test set's own captions (flickr phrasing) and these (coco phrasing). Rendering × phrasing on the same
@@ -24,15 +25,20 @@ from mmd2v2_core.errors import DataError
 
 from .captions import captions_for
 from .generate import DOMAINS, GENERATOR_VERSION, karpathy_entry, render_seed, write_dataset
-from .render import STYLE_TRAITS, TRAITS
+from .render import HELD_OUT_TRAITS, STYLE_TRAITS, TRAITS
 
 TRAINING_STYLE = "coco"
 
 
+HELD_OUT_DRAWINGS = tuple(f"{TRAINING_STYLE}+{t}" for t in HELD_OUT_TRAITS)  # looks no training view imitates
+
+
 def drawings(test_style: str = "flickr") -> dict[str, tuple[str, ...]]:
-    """Name → rendering traits of every drawing of the test scenes."""
+    """Name → rendering traits of every drawing of the test scenes: the test style, the training style, the
+    training style with each test-style trait, and the training style with each held-out trait."""
     return {test_style: STYLE_TRAITS[test_style], TRAINING_STYLE: STYLE_TRAITS[TRAINING_STYLE],
-            **{f"{TRAINING_STYLE}+{t}": (t,) for t in TRAITS if t in STYLE_TRAITS[test_style]}}
+            **{f"{TRAINING_STYLE}+{t}": (t,) for t in TRAITS if t in STYLE_TRAITS[test_style]},
+            **{f"{TRAINING_STYLE}+{t}": (t,) for t in HELD_OUT_TRAITS}}
 
 
 def generate_transfer_sets(source: str | Path, out: str | Path, workers: int | None = None) -> dict[str, Path]:

@@ -10,9 +10,10 @@ many. It changes the rendering of a *training* image and nothing a caption names
 annotation and no test image or statistic.
 
 What stays intact: every object's shape, colour name, size class and 3×3 grid cell, and the background's
-kind. So: no hue rotation, crop, zoom, translation or flip (captions say left/right); the global warp moves
-no pixel by more than 2 px (an object's centre is ≥ 6 px inside its cell), rotations turn each object about
-its own centroid. The objects are the foreground (pixels farther than 60 grey levels from the image's median
+kind. So: no hue rotation, crop, zoom-in or flip (captions say left/right); the global warp moves no pixel by
+more than 2 px (an object's centre is ≥ 6 px inside its cell), rotations turn each object about its own
+centroid, and ``framing`` shrinks and shifts the scene only as far as every object's centre stays in its cell
+and every object in the image. The objects are the foreground (pixels farther than 60 grey levels from the image's median
 colour, speckles removed) split by grid cell. A **guard** holds the colour names: the per-pixel colour
 changes (``color``, ``fill_texture`` at its darkest and lightest, ``vignette`` at each object's position,
 ``photometric``) are applied to each object's own colour and to the background colour, for strengths 1, ½,
@@ -53,6 +54,15 @@ order of application; sizes in px at 64 px, scaled with the image side:
 * ``soft_edges``: a band of 1 px either side of each object's edge replaced by its Gaussian blur (σ 0.5–1.2).
 * ``warp``: rotation ±0.06 rad, shear ±0.08 on each axis and perspective ±0.05 about the image centre,
   scaled down until no pixel moves more than 2 px (reflection at the borders).
+* ``framing``: the whole scene scaled by U(0.8, 1) about the image centre and shifted on each axis by up to
+  ``framing_bounds(scale)`` (0.037 of the side at 0.8, at most 0.058, 3.7 px, at 0.88, 0 at 1), so that every
+  object's centre stays 0.01 of the side inside its grid cell and no object leaves the image (computed from
+  ``data_prep.synth.render``'s radii and jitter, not from a scene's annotation); at 0.8 a large shape's radius
+  is still nearer the large radius than the small one (its size class holds). Outside: a border of any grey
+  or colour (60 %) or a margin (the background's median colour and grain); half the time a frame line 1–2.5 px
+  wide just outside the picture; a border or line is ≥ 80 grey levels from every object's colour (an object
+  may touch the picture's edge and must not grow into the frame).
+  Applied after the illumination families and before the sensor ones, which act on the border too.
 * ``vignette``: × (1 − v·r²), v ∈ [0.1, 0.4], centre jittered by ±0.2 (guarded).
 * ``photometric``: each with probability ½ (at least one): brightness × [0.75, 1.3], contrast × [0.7, 1.35]
   about grey 128, gamma [0.7, 1.4], per-channel gain (temperature ±0.12 on red/blue, tint ±0.06 on green),
@@ -95,17 +105,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data_prep.synth.render import BACKGROUND_RGB, RGB
+from data_prep.synth.render import BACKGROUND_RGB, EXTENT, RADIUS, RGB
 
-VERSION = 2  # of the views: 1 imitated synth-flickr's traits, 2 randomises families (a cached view's identity)
+VERSION = 3  # of the views: 1 imitated synth-flickr's traits, 2 randomises families, 3 adds framing (a cached
+# view's identity)
 
 # The view families that reproduce each trait of the synthetic zero-shot style (``data_prep.synth.render`` TRAITS):
 # the report names them, since a test set drawn with these traits is not unseen by a student trained on the views.
 TEST_TRAITS_COVERED = {"background": ("gradient", "stripes", "texture"), "hue": ("color",), "rotation": ("rotation",),
                        "shadow": ("shadow",), "outline": ("outline",), "blur": ("blur",)}
+# Every change of geometry the views make (the report states them): nothing else moves a pixel.
+GEOMETRIC_CHANGES = {
+    "rotation": "each object turned about its own centroid by up to ±0.35 rad",
+    "warp": "a global rotation, shear and perspective that moves no pixel by more than 2 px at 64 px",
+    "framing": "the whole scene scaled to 0.8–1 of the side and shifted by up to 0.058 of it, inside a margin "
+               "or a flat border of any colour, half the time with a frame line",
+}
 TRAITS = ("color", "gradient", "stripes", "shadow", "outline", "blur", "rotation",  # the first version's traits
           "photometric", "vignette", "noise", "jpeg", "pixelate", "texture", "hollow", "fill_texture",
-          "soft_edges", "warp")
+          "soft_edges", "warp", "framing")
 
 _PALETTE = torch.tensor(list(RGB.values()), dtype=torch.float32).T  # [3, 8]
 _BACKGROUNDS = torch.tensor([[(a + b) / 2 for a, b in zip(*pair)] for pair in BACKGROUND_RGB.values()]).T  # [3, 5]
@@ -113,6 +131,12 @@ _GREYS = torch.tensor([0.0, 50.0, 100.0, 150.0, 200.0]).expand(3, 5)  # no colou
 _MARGIN = 20.0
 _SOFTENING = ("blur", "pixelate", "jpeg", "soft_edges")  # at most two per view, one with thin lines
 _NOISES = ("gaussian", "salt_pepper", "grain")
+# Framing: an object's centre lies within _JITTER of its cell's centre (render.py: slack = cell/2 − EXTENT·r,
+# largest at the small radius), as fractions of the side; reframed, it stays FRAMING_MARGIN inside its cell.
+_JITTER = 1 / 6 - EXTENT * min(RADIUS.values())
+FRAMING_MARGIN = 0.01
+# Smaller than 0.785 (√(0.08/0.13)) a large shape is nearer the small radius than the large one.
+FRAMING_SCALE = (0.8, 1.0)
 
 
 def _foreground(x: torch.Tensor, threshold: float = 60.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -276,12 +300,73 @@ def _pattern(kind: str, r: _Uniforms, yy: torch.Tensor, xx: torch.Tensor, s: flo
     return blobs / blobs.abs().amax().clamp_min(1e-6)
 
 
+def framing_bounds(scale: float) -> float:
+    """The largest shift (fraction of the side, per axis) of a scene scaled by ``scale`` about the image centre
+    that keeps every object's centre ``FRAMING_MARGIN`` inside its grid cell and every object inside the image."""
+    outer = scale * (1 / 3 - _JITTER) - 1 / 6 - FRAMING_MARGIN  # an outer cell's object, toward the centre
+    middle = 1 / 6 - FRAMING_MARGIN - _JITTER * scale  # the middle cell's object, outward
+    return max(0.0, min(outer, middle, (1 - scale) / 2))  # objects may touch the side: no pixel leaves it
+
+
+def reframe(x: torch.Tensor, scale: float, dy: float, dx: float, fill: torch.Tensor) -> torch.Tensor:
+    """float [C, H, W] → the same scene scaled by ``scale`` about the image centre and shifted by (dy, dx)
+    (fractions of the side), ``fill`` [C, 1, 1] or [C, H, W] outside it (bilinear at the picture's edge)."""
+    c, h, w = x.shape
+    gy, gx = torch.meshgrid((torch.arange(h) + 0.5) * (2 / h) - 1, (torch.arange(w) + 0.5) * (2 / w) - 1,
+                            indexing="ij")  # pixel centres; −1 and 1 are the image's outer edges
+    grid = torch.stack([(gx - 2 * dx) / scale, (gy - 2 * dy) / scale], -1)[None]
+    both = F.grid_sample(torch.cat([x, torch.ones(1, h, w)])[None], grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]
+    return both[:c] + fill * (1 - both[c:])
+
+
+def _frame(x: torch.Tensor, r: _Uniforms, gen: torch.Generator, background: torch.Tensor, fg: torch.Tensor,
+           objects: list[dict], drawn: dict | None) -> torch.Tensor:
+    """The scene scaled by U(FRAMING_SCALE) and shifted within ``framing_bounds``; outside it a margin (the
+    background's colour and grain) or a border (any grey or colour), and half the time a frame line 1–2.5 px
+    wide around the picture. A border or line is ≥ 80 grey levels from every object's colour: an object may
+    touch the picture's edge, and must not grow into its frame. ``drawn`` receives the scale and shift."""
+    _, h, w = x.shape
+
+    def unlike_objects() -> torch.Tensor | None:  # a grey or a colour far from the objects' (None: none found)
+        for _ in range(8):
+            colour = torch.full((3,), r(0, 255)) if r() < 0.5 else torch.rand(3, generator=gen) * 255
+            if all(float((colour - o["colour"]).norm()) >= 80 for o in objects):
+                return colour.view(3, 1, 1)
+        return None
+
+    scale = r(*FRAMING_SCALE)
+    limit = framing_bounds(scale)
+    dy, dx = r(-limit, limit), r(-limit, limit)
+    if drawn is not None:
+        drawn.update(scale=scale, dy=dy, dx=dx)
+    fill = unlike_objects() if r() < 0.6 else None  # a border of any grey or colour …
+    if fill is None:  # … or a margin: the background goes on
+        grain = x.mean(0)[fg[0] == 0]
+        level = min(float(grain.std()), 15.0) if grain.numel() > 1 else 0.0
+        fill = background.view(3, 1, 1) + torch.randn(1, h, w, generator=gen) * level
+    out = reframe(x, scale, dy, dx, fill)
+    colour = unlike_objects() if r() < 0.5 else None
+    if colour is not None:  # a frame line just outside the picture
+        s = min(h, w) / 64
+        yy = torch.arange(h, dtype=torch.float32).view(h, 1) + 0.5
+        xx = torch.arange(w, dtype=torch.float32).view(1, w) + 0.5
+        top, left = h * (0.5 - scale / 2 + dy), w * (0.5 - scale / 2 + dx)
+        bottom, right = top + scale * h, left + scale * w
+        outside = torch.maximum((top - yy).clamp(min=0), (yy - bottom).clamp(min=0))
+        outside = torch.maximum(outside, torch.maximum((left - xx).clamp(min=0), (xx - right).clamp(min=0)))
+        line = ((outside > 0) & (outside <= r(1, 2.5) * s)).float()[None]
+        out = out * (1 - line) + colour * line
+    return out
+
+
 def render_augment(image: torch.Tensor, gen: torch.Generator, p: float = 0.7,
-                   families: Iterable[str] | None = None) -> torch.Tensor:
+                   families: Iterable[str] | None = None, framing: dict | None = None) -> torch.Tensor:
     """uint8 [3, H, W] → uint8 [3, H, W]: the same scene drawn differently (see the module docstring).
 
     Each view turns each family on with probability q = p·U(0.08, 1) (p = 0 returns the image unchanged);
-    ``families`` turns those families on instead. The thin-line rules apply to both."""
+    ``families`` turns those families on instead. The thin-line rules apply to both. ``framing``, a dict,
+    receives the scale and shift of a view that reframes the scene (tests map the clean scene the same way)."""
     on, r = _draw_families(gen, p)
     if families is not None:
         families = tuple(families)
@@ -292,10 +377,11 @@ def render_augment(image: torch.Tensor, gen: torch.Generator, p: float = 0.7,
     on = set(on)
     if not on:
         return image.clone()
-    if "hollow" in on:  # a hollow shape's border is its only colour: no outline over it, no extra softening
-        on.discard("outline")
+    if "hollow" in on:  # a hollow shape's border is its only colour: no outline over it, no extra softening,
+        on.discard("outline")  # and no shrinking (a 2-px ring resampled at 0.8 breaks)
         on.discard("soft_edges")
-    thin = bool(on & {"hollow", "outline"})  # thin structures: the softening families stay milder …
+        on.discard("framing")
+    thin = bool(on & {"hollow", "outline", "framing"})  # thin (or shrunk) structures: milder softening …
     softening = [f for f in _SOFTENING if f in on]
     while len(softening) > (1 if thin else 2):  # … and few: a small star must stay a star
         on.discard(softening.pop(min(int(r() * len(softening)), len(softening) - 1)))
@@ -493,6 +579,10 @@ def render_augment(image: torch.Tensor, gen: torch.Generator, p: float = 0.7,
         x = x * vignette_factor(yy, xx, lam)
     if photo and lam > 0:
         x = _photometric(x.clamp(0, 255), photo, lam)
+
+    # Framing: the whole scene smaller and shifted, in a margin or a border (before the sensor: it blurs both).
+    if "framing" in on:
+        x = _frame(x, r, gen, background, fg, objects, framing)
 
     # Sensor and compression.
     if "blur" in on:

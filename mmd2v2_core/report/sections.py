@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
+from data_prep.synth.render import HELD_OUT_LOOKS
+from data_prep.synth.transfer import HELD_OUT_DRAWINGS
+
 from ..data.datasets import RetrievalSplit
-from ..data.rendering import TEST_TRAITS_COVERED, TRAITS as VIEW_FAMILIES
+from ..data.rendering import GEOMETRIC_CHANGES, TEST_TRAITS_COVERED, TRAITS as VIEW_FAMILIES
 from ..data.index import load_manifest, read_split
 from ..errors import DataError
 from ..eval.embed import embed_split, student_inputs
@@ -76,8 +79,9 @@ def _drawings_lines(transfer: dict[str, Path] | None, reports_dir: Path) -> list
     figure = plot_drawings({name: read_split(folder, "test") for name, folder in transfer.items()},
                            reports_dir / "figures" / "transfer_drawings.png")
     return ["", f"For the transfer analysis (notebook 05), the `synth-flickr` test scenes are also drawn in the training "
-                f"style (`coco`) and in the training style with one test-style trait each, and captioned in the training "
-                f"phrasing ({len(transfer)} sets, `data_prep/synth/transfer.py`):", "",
+                f"style (`coco`), in the training style with one test-style trait each and with each held-out look "
+                f"({', '.join(f'`{d}`' for d in HELD_OUT_DRAWINGS)}), and captioned in the training phrasing "
+                f"({len(transfer)} sets, `data_prep/synth/transfer.py`):", "",
             f"![drawings]({_rel(figure, reports_dir)})"]
 
 
@@ -490,7 +494,7 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...], baselines:
              "both phrasings (`data_prep/synth/transfer.py`); image→text R@1 on the 1K gallery, mean of "
              f"{len(first)} seed(s)" + (" (the closed-form rows: one fit)" if baselines else "") + ". `flickr` is the "
              "test set's drawing, `coco` the training style, `coco+<trait>` the training style with one of the test "
-             "style's traits.", "",
+             "style's traits (or a held-out look).", "",
              f"| drawing | {header} |", "|---|" + "---:|" * (2 * len(columns))]
     mean = {r: {(d, p): _seed_mean(found[r], lambda x, d=d, p=p: x["recall"][d][p]["i2t_r1"])
                 for d in drawings for p in ("test", "training")} for r in columns}
@@ -502,7 +506,8 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...], baselines:
         m = mean[r]
         rendering = m[("coco", "test")] - m[("flickr", "test")]
         phrasing = m[("coco", "training")] - m[("coco", "test")]
-        traits = {d: m[("coco", "training")] - m[(d, "training")] for d in drawings if d.startswith("coco+")}
+        traits = {d: m[("coco", "training")] - m[(d, "training")] for d in drawings
+                  if d.startswith("coco+") and d not in HELD_OUT_DRAWINGS}
         worst = max(traits, key=traits.get)
         lines.append(f"- {study.labels[r]}: the test set's drawing costs {rendering:.1f} points of R@1 against the "
                      f"training style (both with test phrasing), its phrasing {phrasing:.1f} points (both in the "
@@ -510,6 +515,14 @@ def transfer_decomposition_lines(study: Study, runs: tuple[str, ...], baselines:
                      f"The costliest single trait is `{worst.split('+')[1]}` ({traits[worst]:.1f} points), then " +
                      ", ".join(f"`{d.split('+')[1]}` {c:.1f}" for d, c in sorted(traits.items(), key=lambda x: -x[1])
                                if d != worst) + ".")
+    held_out = [d for d in HELD_OUT_DRAWINGS if d in drawings]
+    if held_out:
+        lines += ["", "Held out: " + "; ".join(f"`{d}` ({HELD_OUT_LOOKS[d.split('+')[1]]})" for d in held_out)
+                  + ". No view draws it, so it measures transfer to a look nobody imitated. Image→text R@1 in the "
+                  "training phrasing, and its cost against the training style:", ""]
+        lines += [f"- {study.labels[r]}: " + "; ".join(
+            f"`{d}` {mean[r][(d, 'training')]:.1f} ({mean[r][('coco', 'training')] - mean[r][(d, 'training')]:.1f} "
+            "points below `coco`)" for d in held_out) + "." for r in columns]
     best = found[runs[0]]
     failures = _seed_mean(best, lambda x: x["failures"]["failures"])
     near = _seed_mean(best, lambda x: x["failures"]["near_misses"])
@@ -554,7 +567,10 @@ def views_statement() -> str:
             f"{', '.join(covered)} — so `synth-flickr` and each `coco+<trait>` set share their traits with the training "
             "views, and the transfer measured on them is to a look the students have been shown. The families no test "
             f"set here has ({', '.join(f for f in VIEW_FAMILIES if f not in imitated)}) are there for renderings "
-            "nobody imitated; only a test set outside all of these families measures transfer to an unseen look.")
+            "nobody imitated; only a test set outside all of these families measures transfer to an unseen look. "
+            "The views change geometry in these ways only: " + "; ".join(f"{family} ({what})" for family, what in
+                                                                        GEOMETRIC_CHANGES.items())
+            + ". No view crops, zooms in or flips.")
 
 
 def findings_section(study) -> str:
