@@ -122,8 +122,27 @@ def run_reference(worktree: Path, overrides: list[str]) -> None:
         raise SystemExit(f"reference trainer failed:\n{done.stderr[-3000:]}")
 
 
-def bare_step(cfg, steps: int) -> tuple[float, float]:
-    """(pairs/s, GFLOP per step) of forward + backward + AdamW on one batch in memory, as the trainer computes it."""
+def prepare_subset(data: Path, tmp: Path) -> list[str]:
+    """A 2,048-image subset of the train split with its teacher targets and front end cached (4 views, as notebook
+    01 makes them) → the overrides that train on it without validating or saving."""
+    index = subset_index(data, 2048, tmp / "index")
+    # the val split of the subset index is its train split: validation is not what is measured here
+    (tmp / "index" / "val.jsonl").write_text((tmp / "index" / "train.jsonl").read_text())
+    manifest = json.loads((tmp / "index" / "manifest.json").read_text())
+    manifest["splits"]["val"] = manifest["splits"]["train"]
+    (tmp / "index" / "manifest.json").write_text(json.dumps(manifest))
+    teacher = create_teacher("efficientnet-lite0")
+    build_cache(teacher, "pooled", index, "train", tmp / "cache", preprocess_of(teacher, 64), batch_size=64)
+    common = [f"data.root={index}", "run.val_every=100000", "run.checkpoint_every=100000", "run.log_every=5",
+              "run.tensorboard=false", "data.num_workers=0", f"teacher.cache={tmp / 'cache'}",
+              f"student.frontend_cache={tmp / 'frontend'}"]
+    train(load_config("embedded", [*common, f"run.out_dir={tmp / 'warm'}", "optim.steps=1"]))
+    return common
+
+
+def bare_step(cfg, steps: int, compiled: bool = False) -> tuple[float, float, float]:
+    """(pairs/s, GFLOP per step, seconds of the first step) of forward + backward + AdamW on one batch in memory, as
+    the trainer computes it; ``compiled``: the model under ``torch.compile`` (inductor), its first step compiling."""
     device = torch.device("cpu")
     precision = resolve_precision(cfg.optim.precision, device)
     targets = TargetCache(cfg.teacher.cache) if cfg.teacher.name != "none" else None
@@ -146,20 +165,25 @@ def bare_step(cfg, steps: int) -> tuple[float, float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def step():
+    forward = torch.compile(model) if compiled else model
+
+    def step(net):
         with autocast:
-            loss = model(batch["images"], batch["input_ids"], batch["attention_mask"], target)["loss"]
+            loss = net(batch["images"], batch["input_ids"], batch["attention_mask"], target)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     with FlopCounterMode(display=False) as counter:
-        step()
+        step(model)
+    start = time.perf_counter()
+    step(forward)
+    first = time.perf_counter() - start
     for i in range(steps + 2):
         if i == 2:
             start = time.perf_counter()
-        step()
-    return cfg.optim.batch_size * steps / (time.perf_counter() - start), counter.get_total_flops() / 1e9
+        step(forward)
+    return cfg.optim.batch_size * steps / (time.perf_counter() - start), counter.get_total_flops() / 1e9, first
 
 
 def main() -> None:
@@ -187,19 +211,7 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.reference],
                        check=True, capture_output=True)
         try:
-            index = subset_index(data, 2048, tmp / "index")
-            # the val split of the subset index is its train split: validation is not what is measured here
-            (tmp / "index" / "val.jsonl").write_text((tmp / "index" / "train.jsonl").read_text())
-            manifest = json.loads((tmp / "index" / "manifest.json").read_text())
-            manifest["splits"]["val"] = manifest["splits"]["train"]
-            (tmp / "index" / "manifest.json").write_text(json.dumps(manifest))
-            teacher = create_teacher("efficientnet-lite0")
-            build_cache(teacher, "pooled", index, "train", tmp / "cache", preprocess_of(teacher, 64), batch_size=64)
-            common = [f"data.root={index}", "run.val_every=100000", "run.checkpoint_every=100000", "run.log_every=5",
-                      "run.tensorboard=false", "data.num_workers=0", f"teacher.cache={tmp / 'cache'}",
-                      f"student.frontend_cache={tmp / 'frontend'}"]
-            # the front end's cache (4 views), built once before the clock, as notebook 01 does
-            train(load_config("embedded", [*common, f"run.out_dir={tmp / 'warm'}", "optim.steps=1"]))
+            common = prepare_subset(data, tmp)
             for label, run in RECIPES.items():
                 recipe = list(next(r for r in SYNTHETIC_RUNS if r.name == run).overrides)
                 out = tmp / f"{run}-reference"
@@ -209,7 +221,7 @@ def main() -> None:
                                                f"optim.steps={args.steps}"])
                 train(cfg)
                 current = trainer_rate(tmp / run / "metrics.jsonl")
-                bare, gflop = bare_step(cfg, args.steps // 2)
+                bare, gflop, _ = bare_step(cfg, args.steps // 2)
                 precision = resolve_precision(cfg.optim.precision, torch.device("cpu"))
                 rows.append((label, reference, current, bare, gflop / cfg.optim.batch_size, cfg.optim.batch_size,
                              precision))
