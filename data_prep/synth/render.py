@@ -43,10 +43,10 @@ STYLE_TRAITS = {"coco": (), "flickr": TRAITS}
 # A look no style has and no rendering view draws (``data_prep.synth.transfer`` tests transfer to it): ``mat``,
 # the scene drawn natively at MAT_SCALE of the side, centred in a light mat inside a bevelled dark frame. The
 # views' ``framing`` resamples a drawn scene into a flat margin or border; nothing in them draws a mat or a bevel.
-HELD_OUT_LOOKS = {"mat": "the scene drawn natively at 0.8 of the side, centred in an ivory mat inside a bevelled "
-                         "dark frame"}
-HELD_OUT_TRAITS = tuple(HELD_OUT_LOOKS)
 MAT_SCALE = 0.8  # every object's centre stays ≥ 0.04 of the side inside its cell; a large shape stays large
+HELD_OUT_LOOKS = {"mat": f"the scene drawn natively at {MAT_SCALE:g} of the side, centred in an ivory mat inside a "
+                         "bevelled dark frame"}
+HELD_OUT_TRAITS = tuple(HELD_OUT_LOOKS)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
