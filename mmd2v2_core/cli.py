@@ -170,6 +170,45 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
         print(f"  written to {args.out}")
 
 
+def _eval_binding(args: argparse.Namespace) -> None:
+    from .data.index import write_text_atomic
+    from .eval.binding import evaluate_binding, read_binding_set
+    from .eval.clip_benchmark import load_student_any
+    from .eval.embed import student_inputs
+
+    if args.out:
+        check_output(args.out, "--out", folder=False)
+    items = read_binding_set(args.sugarcrepe, args.images)
+    student, tokenizer_name = load_student_any(args.checkpoint)
+    transform, tokenizer = student_inputs(student, tokenizer_name)
+    result = evaluate_binding(student, items, transform, tokenizer, args.batch_size, args.device, args.precision)
+    result.update(checkpoint=str(Path(args.checkpoint).resolve()), sugarcrepe=str(Path(args.sugarcrepe).resolve()))
+    print(f"{args.sugarcrepe}: {result['items']:,} items on {result['images']:,} images; accuracy % "
+          "(a tie counts half; chance 50), blind = the captions against the mean image")
+    print(f"  {'':<18}{'items':>7}{'model':>8}{'ties':>6}{'blind':>8}")
+    for group in ("by_task", "by_kind"):
+        if group == "by_kind" and result["model"]["by_kind"].keys() == result["model"]["by_task"].keys():
+            continue  # SugarCrepe's own files name no kinds
+        for name, s in result["model"][group].items():
+            print(f"  {name:<18}{s['items']:>7,}{s['accuracy']:>8.1f}{s['ties']:>6}"
+                  f"{result['blind'][group][name]['accuracy']:>8.1f}")
+    print(f"  {'all':<18}{result['items']:>7,}{result['model']['all']['accuracy']:>8.1f}"
+          f"{result['model']['all']['ties']:>6}{result['blind']['all']['accuracy']:>8.1f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
+        print(f"  written to {args.out}")
+
+
+def _data_binding(args: argparse.Namespace) -> None:
+    from data_prep.synth.negatives import write_binding_set
+
+    check_output(args.out, "--out")
+    counts = write_binding_set(args.data, args.out, args.split, args.images, args.style, args.seed)
+    print(f"{args.out}: {sum(counts.values()):,} image / caption / hard negative items in SugarCrepe's layout")
+    print("  " + ", ".join(f"{kind} {n:,}" for kind, n in counts.items()))
+
+
 def _data_vg(args: argparse.Namespace) -> None:
     from data_prep.visual_genome import index_visual_genome
 
@@ -358,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace a dataset made with other parameters")
     synth.set_defaults(func=_data_synth)
 
+    neg = data.add_parser("binding", help="hard negatives from a synthetic split's scene graphs, in SugarCrepe's layout")
+    neg.add_argument("--data", required=True, type=Path, help="a prepared synthetic dataset (synth-coco, synth-flickr)")
+    neg.add_argument("--out", required=True, type=Path)
+    neg.add_argument("--split", default="test")
+    neg.add_argument("--images", type=_at_least(1), default=1000, help="the split's first N images")
+    neg.add_argument("--style", choices=("coco", "flickr"), default=None,
+                     help="the captions' phrasing (default: the dataset's own)")
+    neg.add_argument("--seed", type=int, default=0)
+    neg.set_defaults(func=_data_binding)
+
     karpathy = data.add_parser("karpathy", help="validate and index a Karpathy JSON against its image folder")
     karpathy.add_argument("--json", required=True, type=Path, help="dataset_coco.json or dataset_flickr30k.json")
     karpathy.add_argument("--images", required=True, type=Path, help="image root (COCO: holds train2014/, val2014/)")
@@ -443,6 +492,19 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--frontend-cache", type=Path, default=None,
                            help="read (or first compute) the student's frozen front-end outputs here")
     retrieval.set_defaults(func=_eval_retrieval)
+    binding = evaluate.add_parser("binding", help="SugarCrepe's image–caption selection: does the student bind "
+                                                  "attributes, or read a bag of words?")
+    binding.add_argument("--checkpoint", required=True, type=Path,
+                         help="an exported student (`mmd2v2 export`) or a checkpoint folder of `mmd2v2 train`")
+    binding.add_argument("--sugarcrepe", required=True, type=Path,
+                         help="a folder of SugarCrepe task JSONs (<task>.json), SugarCrepe's own or `mmd2v2 data binding`'s")
+    binding.add_argument("--images", type=Path, default=None, help="the images (default: <sugarcrepe>/val2017)")
+    binding.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    binding.add_argument("--batch-size", type=_at_least(1), default=256)
+    binding.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:<n> | mps")
+    binding.add_argument("--precision", choices=EVAL_PRECISIONS, default="fp32",
+                         help="encode under bfloat16 autocast (faster on CPUs with AMX and on GPUs)")
+    binding.set_defaults(func=_eval_binding)
     bench = evaluate.add_parser("clip-benchmark", help="CLIP_benchmark's own evaluation of a student (pip install "
                                                         "'mmd2v2[bench]')")
     bench.add_argument("--checkpoint", required=True, type=Path,

@@ -53,6 +53,19 @@ def smoke_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smoke_checkpoint(smoke_data, tmp_path_factory):
+    """A smoke student after 30 steps on synth-coco: partly trained, so its scores can differ between scorers."""
+    from mmd2v2_core.config import load_config
+    from mmd2v2_core.train.loop import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config("smoke", [f"data.root={smoke_data['synth-coco']}", f"run.out_dir={out}", "optim.steps=30",
+                                "teacher.tiny=true", "run.val_every=0"])
+    train(cfg)
+    return out / "checkpoints" / "step_0000030"
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     from mmd2v2_core.data.tokenizer import CaptionTokenizer
 

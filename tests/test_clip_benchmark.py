@@ -8,26 +8,15 @@ import json
 import pytest
 
 from mmd2v2_core.cli import main
-from mmd2v2_core.config import load_config
 from mmd2v2_core.eval.clip_benchmark import write_flickr_layout
-from mmd2v2_core.train.loop import train
 
 pytest.importorskip("clip_benchmark")  # the 'bench' extra; `make test` installs it
 
 
-@pytest.fixture(scope="module")
-def checkpoint(smoke_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config("smoke", [f"data.root={smoke_data['synth-coco']}", f"run.out_dir={out}", "optim.steps=30",
-                                "teacher.tiny=true", "run.val_every=0"])
-    train(cfg)
-    return out / "checkpoints" / "step_0000030"
-
-
 @pytest.mark.parametrize("exported", [False, True])
-def test_clip_benchmark_scores_a_student_as_the_kit_does(checkpoint, smoke_data, tmp_path, capsys, exported):
+def test_clip_benchmark_scores_a_student_as_the_kit_does(smoke_checkpoint, smoke_data, tmp_path, capsys, exported):
     data = smoke_data["synth-coco"]
-    student = checkpoint
+    checkpoint = student = smoke_checkpoint
     if exported:
         main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "export")])
         student = tmp_path / "export"

@@ -15,7 +15,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .scenes import relation as relation_of
+
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+NOUNS = ("shape", "object")
 RELATION_PHRASES = {
     "left of": ("to the left of", "left of"),
     "right of": ("to the right of", "right of"),
@@ -101,10 +104,55 @@ STYLES = {
 }
 
 
-def _object_phrase(obj: dict, style: Phrasing, rng: random.Random) -> str:
-    form = rng.choice(style.object_forms)
-    size = rng.choice(style.sizes[obj["size"]])
-    pos = rng.choice(style.positions(obj["row"], obj["col"]))
+@dataclass(frozen=True)
+class CaptionDraws:
+    """Every random choice of one caption, each as a position in its list of options. Rendering the same draws for
+    another scene (``render``) changes only the words that name what differs: a hard negative and its positive share
+    their sentence frame, object order, synonyms and punctuation."""
+
+    frame: str
+    order: tuple[int, ...]  # the scene's object indices, in the order the caption names them
+    objects: dict[int, tuple[int, int, int]]  # object index → (object form, size word, position phrase)
+    background: int
+    noun: int
+    relation: tuple[int, int, int] | None  # (subject, object, phrase) of the relation clause; None: no clause
+    full_stop: bool
+
+
+def _pick(rng: random.Random, options: tuple | list) -> int:
+    return options.index(rng.choice(options))
+
+
+def draw_object(obj: dict, style: Phrasing, rng: random.Random) -> tuple[int, int, int]:
+    return (_pick(rng, style.object_forms), _pick(rng, style.sizes[obj["size"]]),
+            _pick(rng, style.positions(obj["row"], obj["col"])))
+
+
+def draw(scene: dict, style_name: str, rng: random.Random, frame: str | None = None) -> CaptionDraws:
+    """The random choices of a caption of ``scene`` (``frame``: a given sentence frame instead of a drawn one)."""
+    style = STYLES[style_name]
+    order = list(range(len(scene["objects"])))
+    rng.shuffle(order)
+    frame = frame or rng.choice(style.frames)
+    objects = {i: draw_object(scene["objects"][i], style, rng) for i in order}
+    background = _pick(rng, style.backgrounds[scene["background"]])
+    noun = _pick(rng, NOUNS)
+    relation = None
+    if scene["relations"]:
+        rel = rng.choice(scene["relations"])
+        relation = (rel["subject"], rel["object"], _pick(rng, RELATION_PHRASES[rel["relation"]]))
+    return CaptionDraws(frame, tuple(order), objects, background, noun, relation, rng.random() < 0.7)
+
+
+def _nth(options: tuple, k: int) -> str:
+    """Option k, or the last one where another attribute value has fewer synonyms."""
+    return options[min(k, len(options) - 1)]
+
+
+def _object_phrase(obj: dict, style: Phrasing, picks: tuple[int, int, int]) -> str:
+    form = style.object_forms[picks[0]]
+    size = _nth(style.sizes[obj["size"]], picks[1])
+    pos = _nth(style.positions(obj["row"], obj["col"]), picks[2])
     # The article agrees with the word right after it.
     first = size if form.index("{size}") < form.index("{color}") else obj["color"]
     return form.format(a=article(first), size=size, color=obj["color"], shape=obj["shape"], pos=pos)
@@ -116,36 +164,34 @@ def _join(phrases: list[str]) -> str:
     return " , ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def _relation_clause(scene: dict, rng: random.Random) -> str:
-    if not scene["relations"]:
+def _relation_clause(scene: dict, relation: tuple[int, int, int] | None) -> str:
+    if relation is None:
         return ""
-    rel = rng.choice(scene["relations"])
-    a, b = scene["objects"][rel["subject"]], scene["objects"][rel["object"]]
-    phrase = rng.choice(RELATION_PHRASES[rel["relation"]])
+    a, b = scene["objects"][relation[0]], scene["objects"][relation[1]]
+    phrase = _nth(RELATION_PHRASES[relation_of(a, b)], relation[2])
     return f", the {a['color']} {a['shape']} is {phrase} the {b['color']} {b['shape']}"
 
 
-def _finish(words: str, rng: random.Random) -> str:
-    """Human-looking raw text: single spaces, no space before punctuation, capitalised, often a full stop."""
+def render(scene: dict, style_name: str, draws: CaptionDraws) -> str:
+    """The caption of ``scene`` that ``draws`` make: human-looking raw text (single spaces, no space before
+    punctuation, capitalised, often a full stop)."""
+    style = STYLES[style_name]
+    n = len(draws.order)
+    words = draws.frame.format(
+        objs=_join([_object_phrase(scene["objects"][i], style, draws.objects[i]) for i in draws.order]),
+        bg=_nth(style.backgrounds[scene["background"]], draws.background),
+        count=COUNT_WORDS[n],
+        noun=NOUNS[draws.noun] + ("s" if n > 1 else ""),
+        rel=_relation_clause(scene, draws.relation),
+    )
     text = re.sub(r"\s+", " ", words).strip()
     text = re.sub(r" ([,:])", r"\1", text)
     text = text[0].upper() + text[1:]
-    return text + "." if rng.random() < 0.7 else text
+    return text + "." if draws.full_stop else text
 
 
 def caption(scene: dict, style_name: str, rng: random.Random, frame: str | None = None) -> str:
-    style = STYLES[style_name]
-    objects = list(scene["objects"])
-    rng.shuffle(objects)
-    n = len(objects)
-    words = (frame or rng.choice(style.frames)).format(
-        objs=_join([_object_phrase(o, style, rng) for o in objects]),
-        bg=rng.choice(style.backgrounds[scene["background"]]),
-        count=COUNT_WORDS[n],
-        noun=rng.choice(("shape", "object")) + ("s" if n > 1 else ""),
-        rel=_relation_clause(scene, rng),
-    )
-    return _finish(words, rng)
+    return render(scene, style_name, draw(scene, style_name, rng, frame))
 
 
 def karpathy_tokens(raw: str) -> list[str]:
