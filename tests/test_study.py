@@ -53,7 +53,7 @@ def test_smoke_study_produces_the_report(smoke_study):
     executed = nbformat.read(reports / "notebooks" / "06_embeddings_and_browser.ipynb", as_version=4)
     assert any(o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
                for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name != "transfer"]
+    results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name not in ("transfer", "binding")]
     # 9 runs + the unaligned towers + the thumbnail and frozen-input CCA (smoke trains without rendering views: no
     # row fitted with them), on 2 test sets
     assert len(results) == 2 * 12
@@ -74,6 +74,35 @@ def test_smoke_study_produces_the_report(smoke_study):
     # with and without views (1 seed), and the frozen-input CCA
     assert len(list((root / "run" / "results" / "transfer").glob("*.json"))) == 3
     assert {json.loads(p.read_text())["dataset"] for p in results} == {"synth-coco", "synth-flickr"}
+
+
+def test_binding_scores_every_row_and_a_bag_of_words_ties_on_every_swap(smoke_study):
+    from mmd2v2_core.eval.binding import BINDING_GROUPS
+    from mmd2v2_core.study import Study
+
+    root, _ = smoke_study
+    study = Study("smoke", root / "run")
+    report = (root / "reports" / "report.md").read_text()
+    assert "### Binding or a bag of words?" in report
+    for dataset in study.test_sets:
+        assert f"**Binding on `{dataset}`'s hard negatives (" in report
+        assert {p.suffix for p in (root / "reports" / "tables").glob(f"binding_{dataset}.*")} == {".md", ".tex", ".csv"}
+    assert (root / "reports" / "figures" / "binding_failures.png").stat().st_size > 5000
+    assert len(list((root / "run" / "results" / "binding").glob("*.json"))) == len(study.runs) + len(study.baselines)
+    for run in (*study.runs, *study.baselines):
+        results = study.binding_results(run)
+        assert {r["dataset"] for r in results} == set(study.test_sets), run
+        for r in results:
+            assert set(r["metrics"]) >= set(BINDING_GROUPS) and 0 <= r["metrics"]["swaps"] <= 100
+    for baseline in study.baselines:  # bag-of-words captions: a swap's words are the positive's, every one a tie
+        for r in study.binding_results(baseline):
+            for kind in BINDING_GROUPS["swaps"]:
+                score = r["scores"]["by_kind"][kind]
+                if r["dataset"] == "synth-coco" or kind != "swap_color":  # flickr: "an orange" vs "a red"
+                    assert score["ties"] == score["items"] > 0 and score["accuracy"] == 50, (baseline, kind)
+    assert re.search(r"\| S-SMKE binds attributes beyond a bag of words \(swap accuracy vs the best frozen-input CCA\) "
+                     r"— best: `cca_frozen` \| synth-coco \| [\d.]+ \| 50.00 \|", report)
+    assert "row × set × kind cells lie beyond two binomial standard errors of chance" in report
 
 
 def test_the_frozen_input_baselines_record_their_fit_and_use_the_rendering_views(smoke_study):

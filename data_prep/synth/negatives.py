@@ -35,6 +35,7 @@ CLIP_benchmark's ``sugar_crepe/<task>`` reads the set with ``--dataset_root <out
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -166,7 +167,7 @@ def write_binding_set(index_dir: str | Path, out: str | Path, split: str = "test
     number of pairs per kind."""
     index_dir, out = Path(index_dir), Path(out)
     dataset = load_manifest(index_dir)["dataset"]
-    style = style or DOMAINS.get(dataset)
+    asked_style, style = style, style or DOMAINS.get(dataset)
     if style not in STYLES:
         raise DataError(f"{index_dir}: dataset {dataset!r} has no phrasing of its own: pass a style "
                         f"({', '.join(STYLES)})")
@@ -174,6 +175,8 @@ def write_binding_set(index_dir: str | Path, out: str | Path, split: str = "test
     tasks: dict[str, dict] = {}
     counts = dict.fromkeys(KINDS, 0)
     (out / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
+    for name in (SOURCE_FILE, *(f"{task}.json" for task in set(KIND_TASK.values()))):  # an earlier set's files
+        (out / name).unlink(missing_ok=True)
     for record in records:
         scene = record.extra.get("scene")
         if scene is None:
@@ -181,8 +184,8 @@ def write_binding_set(index_dir: str | Path, out: str | Path, split: str = "test
                             "negatives are made for the synthetic datasets")
         name = f"{record.image_id}{record.path.suffix}"
         link = out / IMAGE_FOLDER / name
-        if not link.exists():
-            os.symlink(record.path.resolve(), link)
+        link.unlink(missing_ok=True)  # a link left by an earlier set may point elsewhere
+        os.symlink(record.path.resolve(), link)
         for kind in KINDS:
             pair = hard_negative(scene, style, kind, f"{seed}/{dataset}/{record.image_id}/{kind}")
             if pair:
@@ -192,7 +195,25 @@ def write_binding_set(index_dir: str | Path, out: str | Path, split: str = "test
                 counts[kind] += 1
     for task, entries in tasks.items():
         write_text_atomic(out / f"{task}.json", json.dumps(entries, indent=1) + "\n")
-    write_text_atomic(out / SOURCE_FILE, json.dumps({
-        "index_dir": str(index_dir.resolve()), "dataset": dataset, "split": split, "images": len(records),
-        "style": style, "seed": seed, "items": counts}, indent=1) + "\n")
+    source = {**_source(index_dir, split, images, asked_style, seed), "dataset": dataset, "items": counts}
+    write_text_atomic(out / SOURCE_FILE, json.dumps(source, indent=1) + "\n")
     return counts
+
+
+def _source(index_dir: Path, split: str, images: int | None, style: str | None, seed: int) -> dict:
+    """What a set is made from: the split (its index file's digest: a regenerated dataset makes a new set) and the
+    parameters."""
+    digest = hashlib.sha256((index_dir / f"{split}.jsonl").read_bytes()).hexdigest()
+    return {"index_dir": str(index_dir.resolve()), "split": split, "index_sha256": digest, "images": images,
+            "style": style, "seed": seed}
+
+
+def binding_set_current(out: str | Path, index_dir: str | Path, split: str = "test", images: int | None = 1000,
+                        style: str | None = None, seed: int = 0) -> bool:
+    """Whether ``out`` holds the set ``write_binding_set`` would make now from these arguments."""
+    path = Path(out) / SOURCE_FILE
+    if not path.is_file() or not (Path(index_dir) / f"{split}.jsonl").is_file():
+        return False
+    made = json.loads(path.read_text())
+    return {k: made.get(k) for k in ("index_dir", "split", "index_sha256", "images", "style", "seed")} == \
+        _source(Path(index_dir), split, images, style, seed)

@@ -30,6 +30,11 @@ SUGARCREPE_TASKS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace
 SUGARCREPE_IMAGES = "val2017"
 FIELDS = ("filename", "caption", "negative_caption")
 SOURCE_FILE = "source.json"  # a synthetic set's split of origin (``data_prep.synth.negatives``)
+# The synthetic kinds pooled by what they ask: a swap keeps the caption's words (a bag of words ties), a replacement or
+# an addition changes them; the relation clause is its own group
+BINDING_GROUPS = {"swaps": ("swap_color", "swap_size", "swap_position", "swap_shape"),
+                  "replacements": ("replace_color", "replace_size", "replace_position", "replace_shape"),
+                  "relation": ("replace_rel",), "addition": ("add_obj",)}
 
 
 @dataclass(frozen=True)
@@ -104,19 +109,43 @@ def read_binding_set(folder: str | Path, images: str | Path | None = None,
     return BindingSet(split, np.asarray(image_of), task_of, kind_of)
 
 
-def selection_scores(image_emb: torch.Tensor, text_emb: torch.Tensor, items: BindingSet) -> dict:
-    """Accuracy (%, a tie counting half) and ties per task and per kind, and over all items, from the embeddings of
-    ``items.split``'s images and captions (any scale: they are normalised here)."""
+def pair_scores(image_emb: torch.Tensor, text_emb: torch.Tensor, items: BindingSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(image, caption) and cos(image, negative) of every item."""
     image = F.normalize(image_emb.float(), dim=-1)[torch.as_tensor(items.image_of)]
     text = F.normalize(text_emb.float(), dim=-1)
     n = len(items)
-    positive, negative = (image * text[:n]).sum(-1), (image * text[n:]).sum(-1)
+    return (image * text[:n]).sum(-1), (image * text[n:]).sum(-1)
+
+
+def failures(image_emb: torch.Tensor, text_emb: torch.Tensor, items: BindingSet, per_kind: int = 1) -> list[dict]:
+    """The first ``per_kind`` items of each kind whose negative scored at least as high as the caption."""
+    positive, negative = pair_scores(image_emb, text_emb, items)
+    n, found = len(items), defaultdict(list)
+    for i in torch.nonzero(positive <= negative).flatten().tolist():
+        if len(found[items.kind[i]]) < per_kind:
+            found[items.kind[i]].append({
+                "kind": items.kind[i], "image": str(items.split.records[items.image_of[i]].path),
+                "caption": items.split.captions[i], "negative": items.split.captions[n + i],
+                "caption_score": positive[i].item(), "negative_score": negative[i].item()})
+    return [f for kind in sorted(found) for f in found[kind]]
+
+
+def selection_scores(image_emb: torch.Tensor, text_emb: torch.Tensor, items: BindingSet) -> dict:
+    """Accuracy (%, a tie counting half) and ties per task, per kind and per group of kinds (``BINDING_GROUPS``; sets
+    with kinds), and over all items, from the embeddings of
+    ``items.split``'s images and captions (any scale: they are normalised here)."""
+    n = len(items)
+    positive, negative = pair_scores(image_emb, text_emb, items)
     correct = (positive > negative).tolist()
     tie = (positive == negative).tolist()
-    groups: dict[str, dict[str, list[int]]] = {"task": defaultdict(list), "kind": defaultdict(list)}
+    groups: dict[str, dict[str, list[int]]] = {"task": defaultdict(list), "kind": defaultdict(list),
+                                               "group": defaultdict(list)}
+    group_of = {kind: group for group, kinds in BINDING_GROUPS.items() for kind in kinds}
     for i, (task, kind) in enumerate(zip(items.task, items.kind)):
         groups["task"][task].append(i)
         groups["kind"][kind].append(i)
+        if kind in group_of:
+            groups["group"][group_of[kind]].append(i)
 
     def score(members) -> dict:
         wins, ties = sum(correct[i] for i in members), sum(tie[i] for i in members)

@@ -31,12 +31,12 @@ from ..train.checkpoint import load_trained_student
 from ..viz.browser import RetrievalBrowser
 from ..viz.curves import plot_training_curves
 from ..viz.embeddings import embedding_map
-from ..viz.gallery import plot_gallery
+from ..viz.gallery import plot_binding_failures, plot_gallery
 from ..viz.samples import plot_drawings, plot_samples
-from .findings import Claim, check_claims, findings_markdown
+from .findings import BINDING_CLAIMS, Claim, check_claims, findings_markdown
 from .recipes import recipe_markdown
-from .tables import (Table, ablation_table, load_references, mean_rows, quoted_comparison, render_markdown,
-                     seed_tables, simple_markdown, write_tables)
+from .tables import (SimpleTable, Table, ablation_table, load_references, mean_rows, quoted_comparison,
+                     render_markdown, seed_tables, simple_markdown, write_tables)
 
 
 def _rel(path: Path, reports_dir: Path) -> str:
@@ -558,6 +558,79 @@ def transfer_section(study: Study, reports_dir: Path) -> str:
                       *transfer_decomposition_lines(study, runs, frozen)])
 
 
+BINDING_COLUMNS = {"swaps": "swaps", "swap_color": "colour", "swap_size": "size", "swap_position": "cell",
+                   "swap_shape": "shape", "replacements": "replacements", "replace_color": "colour",
+                   "replace_size": "size", "replace_position": "position", "replace_shape": "shape",
+                   "relation": "relation", "addition": "added object"}
+
+
+def _mean_half_range(values: list[float]) -> str:
+    half = (max(values) - min(values)) / 2
+    return f"{statistics.fmean(values):.1f} ± {half:.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+
+def binding_section(study: Study, reports_dir: Path) -> str:
+    """Binding or a bag of words: every trained run and closed-form row on each synthetic test set's hard negatives
+    (accuracy per kind, mean ± half the seed range), the blind rows, a computed reading and the failures of seed 0
+    of S-SMKE (synthetic profiles: the negatives come from the scene graphs)."""
+    sets = study.binding_sets()
+    if not sets:
+        return ("Binding (SugarCrepe's hard negatives) is scored on the synthetic profiles, whose scene graphs make "
+                "the negatives; on COCO, score a run with `mmd2v2 eval binding --sugarcrepe DIR`.")
+    runs = (*study.runs, *study.baselines)
+    for run in runs:
+        for seed in ((0,) if run in study.baselines else study.profile.seeds):
+            study.binding(run, seed)
+    images = study.binding_results(runs[0])[0]["images"]
+    lines = [f"Each test set's first {images:,} images with one hard negative of each kind the scene allows "
+             f"(`data_prep/synth/negatives.py`; SugarCrepe's layout under `{sets[study.test_sets[0]].parent}`). "
+             "Accuracy: % of items whose caption scores above the negative (a tie counts half; chance 50). A swap "
+             "keeps the caption's words (but for an article before \"orange\"), so a bag of words ties on it; blind: the row's captions against "
+             "its mean image (above 50: the negatives' wording gives them away).", ""]
+    tables = []
+    for dataset in study.test_sets:
+        rows = []
+        for run in runs:
+            found = [r for r in study.binding_results(run) if r["dataset"] == dataset]
+            rows.append([study.labels[run], str(len(found)),
+                         *[_mean_half_range([r["metrics"][k] for r in found]) for k in BINDING_COLUMNS],
+                         _mean_half_range([r["blind"]["all"]["accuracy"] for r in found]),
+                         _mean_half_range([max(v["accuracy"] for v in r["blind"]["by_kind"].values()) for r in found])])
+        items = next(r["items"] for r in study.binding_results(runs[0]) if r["dataset"] == dataset)
+        table = SimpleTable(f"binding_{dataset}", f"Binding on `{dataset}`'s hard negatives ({items:,} items): "
+                            "accuracy %", ["row", "seeds", *BINDING_COLUMNS.values(), "blind (all)", "blind (max kind)"],
+                            rows, ["Columns: the swaps pooled and per swapped attribute, the replacements pooled and "
+                                   "per replaced attribute, the relation clause flipped, an object added. ± is half "
+                                   "the range over seeds."])
+        tables.append(table)
+        lines += [simple_markdown(table), ""]
+    write_tables(tables, reports_dir / "tables")
+    lines += ["Also as `.tex` and `.csv`: `tables/binding_*`.", "", "Reading:", ""]
+    claims = [Claim(f"{study.labels[r]} vs the best frozen-input CCA, swap accuracy", r,
+                    tuple(b for b in study.baselines if b in FROZEN_INPUT_BASELINES), key="swaps")
+              for r in study.runs]
+    for r in check_claims(study.binding_results, study.test_sets, claims):
+        said = r["verdict"] if r["verdict"].startswith(("within", "one seed")) else \
+            ("above, beyond the seed range" if r["diff"] > 0 else "below, beyond the seed range")
+        lines.append(f"- {r['claim']}, {r['dataset']}: {r['a']:.1f} vs {r['b']:.1f} ({r['diff']:+.1f}; seed range "
+                     f"{r['spread']:.1f}) — {said}{_unconverged_note(study, r['runs'])}.")
+    blind = [(abs(v["accuracy"] - 50), f"{study.labels[run]} on `{r['dataset']}` {kind} {v['accuracy']:.1f} % "
+              f"({v['items']} items)", abs(v["accuracy"] - 50) > 2 * 50 / v["items"] ** 0.5)
+             for run in runs for r in study.binding_results(run) if r["seed"] == study.profile.seeds[0]
+             for kind, v in r["blind"]["by_kind"].items()]
+    leaks = sorted((b for b in blind if b[2]), reverse=True)  # beyond two binomial standard errors of chance
+    lines.append(f"- Blind rows (seed {study.profile.seeds[0]}): {len(leaks)} of {len(blind)} row × set × kind cells lie "
+                 "beyond two binomial standard errors of chance, where the negatives' wording alone moves the score"
+                 + (": the largest " + "; ".join(text for _, text, _ in leaks[:5]) if leaks else "") + ".")
+    shown = next((r for r in study.binding_results("smke") if r["seed"] == study.profile.seeds[0]), None)
+    if shown and shown["failures"]:
+        figure = plot_binding_failures(shown["failures"], reports_dir / "figures" / "binding_failures.png")
+        lines += ["", f"Hard negatives {shown['row']} (seed {shown['seed']}) got wrong on `{shown['dataset']}`, one per "
+                  "kind: the image, its caption and the negative with their cosines.", "",
+                  f"![binding failures]({_rel(figure, reports_dir)})"]
+    return "\n".join(lines)
+
+
 def views_statement() -> str:
     """Which traits the rendering views contain and which test sets share them (read off ``data.rendering``)."""
     covered = [f"{trait} (as {'/'.join(families)})" for trait, families in TEST_TRAITS_COVERED.items()]
@@ -574,8 +647,10 @@ def views_statement() -> str:
 
 
 def findings_section(study) -> str:
-    """Every qualitative claim of the seed and the thesis with its measurement and a computed verdict."""
-    rows = check_claims(study.results, study.test_sets)
+    """Every qualitative claim of the seed and the thesis with its measurement and a computed verdict, and the
+    binding claims where the study scored binding (``binding_section``)."""
+    rows = check_claims(study.results, study.test_sets) + check_claims(study.binding_results, study.test_sets,
+                                                                       BINDING_CLAIMS)
     for row in rows:
         row["verdict"] += _unconverged_note(study, row["runs"])
     return findings_markdown(rows, study.results("unaligned"))

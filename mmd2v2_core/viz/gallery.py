@@ -40,3 +40,23 @@ def plot_gallery(browser, out: Path, per_kind: int = 3, top: int = 3) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_binding_failures(failures: list[dict], out: Path, columns: int = 4) -> Path:
+    """Hard-negative items a model got wrong: each image with its caption, the negative, and both cosines."""
+    rows = -(-len(failures) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, f in zip(axes.flat, failures):
+        ax.imshow(open_rgb(f["image"]))
+        ax.set_title(f["kind"], fontsize=9)
+        text = (f"caption {f['caption_score']:.3f}: {f['caption']}\n\n"
+                f"negative {f['negative_score']:.3f}: {f['negative']}")
+        ax.text(0, -0.04, "\n".join(textwrap.fill(t, 44) if t else t for t in text.split("\n")),
+                transform=ax.transAxes, fontsize=6.5, va="top")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
