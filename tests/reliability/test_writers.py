@@ -65,7 +65,11 @@ def _second(seen, *args) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def _metrics(run_dir: Path) -> dict:
-    return {str(p.relative_to(run_dir)): json.loads(p.read_text())["metrics"]
+    """Every result file's metrics; a binding result holds one entry per test set."""
+    def metrics(result):
+        return [r["metrics"] for r in result] if isinstance(result, list) else result["metrics"]
+
+    return {str(p.relative_to(run_dir)): metrics(json.loads(p.read_text()))
             for p in (run_dir / "results").rglob("*.json") if p.parent.name != "transfer"}
 
 
@@ -102,7 +106,7 @@ def test_two_studies_on_one_folder(smoke_study, tmp_path, seen):
             os.killpg(first.pid, signal.SIGKILL)
     assert "[run] mmd2v2_7_2 seed 0 · start" in (tmp_path / "first.log").read_text()
     disturbed, undisturbed = _metrics(run_dir), _metrics(reference / "run")
-    assert len(disturbed) == 24 and disturbed == undisturbed
+    assert len(disturbed) == 24 + 11 and disturbed == undisturbed  # test results; binding of 9 runs and 2 baselines
     seen(f"first study: exit 0, its {len(disturbed)} results equal an undisturbed study's")
 
 
