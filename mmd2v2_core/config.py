@@ -85,6 +85,9 @@ class LossConfig:
     kd_temperature: str = "fixed"  # cdl: fixed at 0.07 (what the original code ran) | learned
     itc_max_scale: float = 100.0
     itc_hidden: bool = False  # also ITC on the last block's FFN hidden CLS, averaged with the final CLS's (S-SMKE code)
+    # NegCLIP-style ITC: each image's row also scores one hard negative of its caption, made from the image's scene
+    # graph (synthetic data; ``data_prep.synth.negatives``)
+    hard_negatives: bool = False
 
 
 @dataclass
@@ -375,6 +378,9 @@ def validate(cfg: TrainConfig, inputs: bool = True) -> None:
          f"data.crop_scale={list(cfg.data.crop_scale)}: the lower end must not exceed the upper"),
         (cfg.loss.kd_weight > 0 or cfg.loss.itc_weight > 0, "at least one of loss.kd_weight, loss.itc_weight must be > 0"),
         (cfg.loss.kd == "none" or cfg.teacher.name != "none", "loss.kd needs a teacher (teacher.name is 'none')"),
+        (not cfg.loss.hard_negatives or (cfg.loss.itc_weight > 0 and bool(cfg.student.frontend_cache)),
+         "loss.hard_negatives needs loss.itc_weight > 0 and student.frontend_cache (negatives join the ITC of cached "
+         "pairs)"),
         (cfg.data.rendering_views == 0 or bool(cfg.student.frontend_cache),
          "data.rendering_views needs student.frontend_cache (the views are cached front-end outputs)"),
         (not cfg.data.sources or not (cfg.teacher.cache or cfg.student.frontend_cache),

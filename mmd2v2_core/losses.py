@@ -122,14 +122,16 @@ def _local_labels(batch: int, rank: int, device: torch.device) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------------------- losses
 
-def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, gather: bool = True) -> Tensor:
+def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, gather: bool = True,
+             negatives: Tensor | None = None) -> Tensor:
     """Image-text contrastive loss L_CL (CLIP-style symmetric InfoNCE), thesis §1.3 (1).
 
     u_i = δ(image_emb_i), z_j = δ(text_emb_j) (normalised here), both [B, D]:
         L_CL = ½·CE_rows(s·U Zᵀ, diag) + ½·CE_rows(s·Z Uᵀ, diag),
     CE averaged over the rows. With ``gather`` under DDP the local rows are scored against the columns of all
     ranks (gathered with gradient), so each rank sees W·B - 1 negatives and the positive of local row i is
-    column rank·B + i.
+    column rank·B + i. ``negatives`` [B, D] (NegCLIP, Yuksekgonul et al. 2023): a hard-negative caption of each local
+    image, added as columns of the image→text rows only (gathered like the captions).
     """
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
         raise ValueError(f"itc_loss needs two [B, D] tensors of equal shape, got {tuple(image_emb.shape)} "
@@ -141,6 +143,9 @@ def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, g
         rank, _ = _rank_and_world()
         all_u, all_z = gather_with_grad(u), gather_with_grad(z)
     labels = _local_labels(u.shape[0], rank, u.device)
+    if negatives is not None:
+        n = F.normalize(negatives, dim=-1)
+        all_z = torch.cat([all_z, gather_with_grad(n) if gather else n])
     i2t = F.cross_entropy(logit_scale * u @ all_z.T, labels)
     t2i = F.cross_entropy(logit_scale * z @ all_u.T, labels)
     return 0.5 * (i2t + t2i)

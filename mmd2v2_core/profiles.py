@@ -55,7 +55,7 @@ _SYNTHETIC_DESIGN = dict(runs=tuple(SYNTHETIC_RUNS), test_sets=("synth-coco", "s
                          table1=("mmd2v2_6_weak", "mmd2v2_6", "mmd2v2_7_2", "mmd2v2_7", "smke"),
                          teacher_ablation=("smke", "smke_random_teacher", "smke_no_teacher"),
                          attention_ablation=("mmd2v2_6", "mmd2v2_6_shared", "mmd2v2_7_2", "mmd2v2_7"),
-                         transfer_ablation=("smke", "smke_no_views"))
+                         transfer_ablation=("smke", "smke_no_views", "smke_hard_negatives"))
 
 PROFILES = {
     "smoke": StudyProfile("smoke", "smoke", "smoke", seeds=(0,),

@@ -38,6 +38,9 @@ SYNTHETIC_RUNS = [
     RunSpec("smke_no_teacher", "S-SMKE without teacher (ITC only)",
             ("student.preset=smke", "loss.itc_weight=1.0", *_NO_TEACHER), "none"),
     RunSpec("smke_no_views", "S-SMKE without rendering views", (*_SMKE, "data.rendering_views=0"), "pretrained"),
+    # beyond the thesis: NegCLIP's hard negatives (generated from the scene graphs) in S-SMKE's ITC
+    RunSpec("smke_hard_negatives", "S-SMKE + hard negatives (NegCLIP-style ITC)", (*_SMKE, "loss.hard_negatives=true"),
+            "pretrained"),
 ]
 
 # The thesis' runs on COCO / Flickr30K, from real_mmd2v2.yaml (the seed's MM-D2V2, BEiT-v2 teacher: the † rows) and

@@ -160,3 +160,30 @@ def test_cached_pairs_draw_views_reproducibly(smoke_data, tmp_path):
     expected = tokenizer([captions[k[2]] for k in keys])
     assert torch.equal(batch["input_ids"], expected["input_ids"])
     assert torch.equal(batch["attention_mask"], expected["attention_mask"])
+
+
+def test_hard_negatives_join_the_itc_of_cached_pairs(smoke_data, tmp_path):
+    """NegCLIP-style ITC (loss.hard_negatives): each pair's image row also scores a negative caption of its own scene,
+    so the first step's ITC is higher than without, on the same initialisation and batch."""
+    from mmd2v2_core.config import load_config
+    from mmd2v2_core.teachers.cache import build_cache
+    from mmd2v2_core.teachers.inspect import preprocess_of
+    from mmd2v2_core.teachers.registry import create_teacher
+    from mmd2v2_core.train.loop import train
+
+    data = smoke_data["synth-coco"]
+    teacher = create_teacher("efficientnet-lite0", tiny=True)
+    build_cache(teacher, "pooled", data, "train", tmp_path / "targets", preprocess_of(teacher, 32))
+    first_itc = {}
+    for negatives in (False, True):
+        out = tmp_path / f"run-{negatives}"
+        cfg = load_config("smoke", [f"data.root={data}", f"run.out_dir={out}", "optim.steps=2", "run.log_every=1",
+                                    "run.val_every=0", "loss.itc_weight=1.0", f"loss.hard_negatives={negatives}",
+                                    f"teacher.cache={tmp_path / 'targets'}",
+                                    f"student.frontend_cache={tmp_path / 'frontend'}"])
+        train(cfg)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        first_itc[negatives] = next(r["itc"] for r in rows if r.get("kind") == "train")
+    assert first_itc[True] > first_itc[False] + 0.05, first_itc
+    with pytest.raises(Exception, match="loss.hard_negatives needs loss.itc_weight > 0 and student.frontend_cache"):
+        load_config("smoke", [f"data.root={data}", "loss.hard_negatives=true"])

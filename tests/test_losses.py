@@ -423,3 +423,19 @@ def test_ddp_banks_identical_and_teacher_untouched(ddp):
     for res in ranks:
         assert res["targets_grad"] is None
         assert torch.equal(res["bank"], ref["bank"]) and int(res["ptr"]) == int(ref["ptr"]) == WORLD * LOCAL_B
+
+
+def test_itc_hard_negatives_are_extra_columns_of_the_image_rows_only():
+    import torch.nn.functional as F
+
+    from mmd2v2_core.losses import itc_loss
+
+    g = torch.Generator().manual_seed(0)
+    u, z, n = (torch.randn(5, 8, generator=g) for _ in range(3))
+    un, zn, nn_ = (F.normalize(t, dim=-1) for t in (u, z, n))
+    labels = torch.arange(5)
+    i2t = F.cross_entropy(10.0 * un @ torch.cat([zn, nn_]).T, labels)
+    t2i = F.cross_entropy(10.0 * zn @ un.T, labels)
+    assert torch.allclose(itc_loss(u, z, 10.0, gather=False, negatives=n), 0.5 * (i2t + t2i))
+    # a negative equal to its positive caption takes half the image row's probability: the loss can only grow
+    assert itc_loss(u, z, 10.0, gather=False, negatives=z) > itc_loss(u, z, 10.0, gather=False)

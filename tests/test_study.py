@@ -14,7 +14,7 @@ from mmd2v2_core.study import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_OF_THE_STUDY = ("mmd2v2_6", "mmd2v2_6_weak", "mmd2v2_7_2", "mmd2v2_7", "mmd2v2_6_shared", "smke",
-                     "smke_random_teacher", "smke_no_teacher", "smke_no_views")
+                     "smke_random_teacher", "smke_no_teacher", "smke_no_views", "smke_hard_negatives")
 
 
 def test_notebooks_are_thin_clean_and_parameterised():
@@ -54,9 +54,9 @@ def test_smoke_study_produces_the_report(smoke_study):
     assert any(o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
                for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
     results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name not in ("transfer", "binding")]
-    # 9 runs + the unaligned towers + the thumbnail and frozen-input CCA (smoke trains without rendering views: no
+    # 10 runs + the unaligned towers + the thumbnail and frozen-input CCA (smoke trains without rendering views: no
     # row fitted with them), on 2 test sets
-    assert len(results) == 2 * 12
+    assert len(results) == 2 * 13
     assert "| Trivial baseline: 16×16 thumbnails + bag of words, CCA |" in report
     assert "| CCA on the student's frozen inputs (EfficientNet-Lite0 stem × bag of words) |" in report
     assert "fitted with the rendering views" not in report
@@ -71,8 +71,8 @@ def test_smoke_study_produces_the_report(smoke_study):
                      r"\(`cca_frozen`\) [\d.]+; unaligned towers [\d.]+\); .*above the frozen-input CCA", report)
     assert "| coco+outline |" in report and "The largest gap between groups is by" in report
     assert "| CCA on the student's frozen inputs · test phrasing |" in report
-    # with and without views (1 seed), and the frozen-input CCA
-    assert len(list((root / "run" / "results" / "transfer").glob("*.json"))) == 3
+    # with and without views, with hard negatives (1 seed), and the frozen-input CCA
+    assert len(list((root / "run" / "results" / "transfer").glob("*.json"))) == 4
     assert {json.loads(p.read_text())["dataset"] for p in results} == {"synth-coco", "synth-flickr"}
 
 

@@ -160,6 +160,16 @@ def hard_negative(scene: dict, style: str, kind: str, seed: str) -> tuple[str, s
     return made and (render(scene, style, draws), render(made[0], style, made[1]))
 
 
+def any_hard_negative(scene: dict | None, style: str, seed: str) -> tuple[str, str]:
+    """A (caption, negative) pair of ``scene`` from the same draws, of the first kind (in an order drawn from
+    ``seed``) the scene allows: what a training pair contrasts under ``loss.hard_negatives``."""
+    if scene is None:
+        raise DataError("loss.hard_negatives needs scene graphs (the synthetic datasets' field 'scene')")
+    kinds = list(KINDS)
+    random.Random(seed).shuffle(kinds)
+    return next(pair for kind in kinds if (pair := hard_negative(scene, style, kind, f"{seed}/{kind}")))
+
+
 def write_binding_set(index_dir: str | Path, out: str | Path, split: str = "test", images: int | None = 1000,
                       style: str | None = None, seed: int = 0) -> dict:
     """Hard negatives of every kind for the first ``images`` images of a prepared synthetic split (all: None), in

@@ -41,6 +41,7 @@ CLAIMS = (
     Claim("A pretrained teacher beats none (S-SMKE vs ITC only)", "smke", "smke_no_teacher"),
     Claim("Separate attention ≥ shared attention (MM-D2V2 5+1)", "mmd2v2_6", "mmd2v2_6_shared", at_least=True),
     Claim("Rendering views help zero-shot transfer (S-SMKE)", "smke", "smke_no_views"),
+    Claim("Hard negatives cost no retrieval (S-SMKE with vs without)", "smke_hard_negatives", "smke", at_least=True),
     # DESIGN.md's findings discipline: against the strongest cheap alternative, a closed-form map of the same inputs
     Claim("Training beats a linear alignment of the same frozen inputs (S-SMKE vs the best frozen-input CCA)", "smke",
           FROZEN_INPUT_BASELINES),
@@ -61,6 +62,8 @@ BINDING_CLAIMS = (
           FROZEN_INPUT_BASELINES, key="swaps"),
     Claim("Separate attention binds at least as well as shared (MM-D2V2 5+1, swap accuracy)", "mmd2v2_6",
           "mmd2v2_6_shared", key="swaps", at_least=True),
+    Claim("Hard negatives improve binding (S-SMKE with vs without, swap accuracy)", "smke_hard_negatives", "smke",
+          key="swaps"),
 )
 
 

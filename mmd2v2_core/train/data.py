@@ -99,11 +99,21 @@ class CachedPairs:
     the trainable blocks. With several cached views (the evaluation view and rendering-augmented ones) each pair
     takes one, drawn from (seed, epoch, position), so resuming stays exact and ranks agree."""
 
-    def __init__(self, records: list[ImageRecord], views: list, token_dim: int, tokenizer, seed: int = 0):
+    def __init__(self, records: list[ImageRecord], views: list, token_dim: int, tokenizer, seed: int = 0,
+                 hard_negatives: str | None = None):
         self.views, self.token_dim, self.seed = views, token_dim, seed  # views: caches by id
-        pairs = [(r.image_id, caption) for r in records for caption in r.captions]
-        self.image_ids = np.array([image_id for image_id, _ in pairs], dtype=np.int64)
+        pairs = [(r, caption) for r in records for caption in r.captions]
+        negatives = None
+        if hard_negatives:  # the captions' phrasing: each pair's caption is drawn anew beside its negative (same draws)
+            from data_prep.synth.negatives import any_hard_negative
+
+            drawn = [any_hard_negative(r.extra.get("scene"), hard_negatives, f"{seed}/{r.image_id}/{k}")
+                     for k, (r, _) in enumerate(pairs)]
+            pairs = [(r, positive) for (r, _), (positive, _) in zip(pairs, drawn)]
+            negatives = tokenizer.tokenize_all([negative for _, negative in drawn])
+        self.image_ids = np.array([r.image_id for r, _ in pairs], dtype=np.int64)
         self.tokens = tokenizer.tokenize_all([caption for _, caption in pairs])
+        self.negatives = negatives
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -121,7 +131,11 @@ class CachedPairs:
         for v in np.unique(views):
             here = views == v
             images[torch.from_numpy(here)] = self.views[v].lookup(image_ids[here]).view(-1, *images.shape[1:])
-        return {"images": images, **self.tokens.take(index), "image_id": torch.from_numpy(image_ids)}
+        out = {"images": images, **self.tokens.take(index), "image_id": torch.from_numpy(image_ids)}
+        if self.negatives is not None:
+            taken = self.negatives.take(index)
+            out.update(negative_ids=taken["input_ids"], negative_mask=taken["attention_mask"])
+        return out
 
 
 def skipped_images(log: Path) -> list[dict]:

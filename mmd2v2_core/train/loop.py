@@ -29,10 +29,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from data_prep.synth.generate import DOMAINS
+
 from ..config import TrainConfig, source_folders, to_dict, to_yaml
 from ..data.datasets import PairCollator, RetrievalSplit
 from ..data.images import open_record
-from ..data.index import read_log_lines, read_split, write_text_atomic
+from ..data.index import load_manifest, read_log_lines, read_split, write_text_atomic
 from ..data.tokenizer import CaptionTokenizer
 from ..data.transforms import ImageTransformConfig, eval_transform
 from ..errors import ConfigError, DataError, KitError, clean_worker_errors
@@ -351,7 +353,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
                               "an online teacher needs the pixels of every step")
         frontend = CachedFrontEnd(student, cfg.student.frontend_cache, device, num_workers=cfg.data.num_workers)
         views = [frontend.cache(cfg.data.root, cfg.data.train_split, v) for v in range(1 + cfg.data.rendering_views)]
-        dataset = CachedPairs(records, views, student.image_embed.token_dim, tokenizer, cfg.optim.seed)
+        dataset = CachedPairs(records, views, student.image_embed.token_dim, tokenizer, cfg.optim.seed,
+                              DOMAINS.get(load_manifest(cfg.data.root)["dataset"], "coco") if cfg.loss.hard_negatives
+                              else None)
         val_images = frontend
     else:
         dataset = TrainPairs(records, cfg.data.crop_scale, cfg.data.hflip, View(view.size, view.mean, view.std),
@@ -442,7 +446,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 with sync:
                     with autocast:
                         terms = ddp(batch["images"].to(device), batch["input_ids"].to(device),
-                                    batch["attention_mask"].to(device), target)
+                                    batch["attention_mask"].to(device), target,
+                                    *[batch[k].to(device) for k in ("negative_ids", "negative_mask") if k in batch])
                     scaler.scale(terms["loss"] / cfg.optim.accum).backward()
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.optim.accum

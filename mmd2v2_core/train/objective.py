@@ -53,7 +53,7 @@ class Objective(nn.Module):
             terms["kd_image"], terms["kd_text"] = shre_kd_terms(out["image_logits"], out["text_logits"], targets)
             terms["kd"] = 0.5 * (terms["kd_image"] + terms["kd_text"])
         if c.itc_weight:
-            terms["itc"] = itc_loss(out["image_emb"], out["text_emb"], self.itc_scale())
+            terms["itc"] = itc_loss(out["image_emb"], out["text_emb"], self.itc_scale(), negatives=out.get("negative_emb"))
             if self.itc_hidden_scale is not None:
                 terms["itc_final"] = terms["itc"]
                 terms["itc_hidden"] = itc_loss(out["image_hidden"], out["text_hidden"], self.itc_hidden_scale())
@@ -69,8 +69,10 @@ class Trainable(nn.Module):
         super().__init__()
         self.student, self.objective = student, objective
 
-    def forward(self, images, input_ids, attention_mask, targets):
+    def forward(self, images, input_ids, attention_mask, targets, negative_ids=None, negative_mask=None):
         out = self.student(images, input_ids, attention_mask)
+        if negative_ids is not None:  # hard-negative captions: the text tower again, for the ITC's extra columns
+            out["negative_emb"] = self.student.encode_text(negative_ids, negative_mask)
         # The losses run in fp32 whatever precision the student ran in: bf16 similarities (3 significant digits)
         # times an ITC scale of up to 100 would blur every logit by about ±0.4.
         with torch.autocast(images.device.type, enabled=False):

@@ -220,7 +220,7 @@ def test_a_study_killed_in_every_notebook_restarts_and_ends_as_an_uninterrupted_
     assert _tables(reports) == _tables(reference / "reports") and len(_tables(reports)) >= 5
     results = {p.relative_to(run_dir / "results") for p in (run_dir / "results").rglob("*.json")}
     assert results == {p.relative_to(reference / "run" / "results") for p in (reference / "run" / "results").rglob(
-        "*.json")} and len(results) >= 2 * 12
+        "*.json")} and len(results) >= 2 * 13
     for metrics in (run_dir / "runs").rglob("metrics.jsonl"):
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         counts = Counter((r["step"], r["kind"]) for r in rows if r["kind"] != "init")

@@ -188,15 +188,15 @@ def test_disk_full_while_writing_the_index(smoke, tmp_path, cli, monkeypatch):
 
 @pytest.mark.parametrize("plan", [False, True], ids=["study", "study --plan"])
 def test_a_study_that_cannot_fit_its_disk(tmp_path, cli, monkeypatch, plan):
-    """The disk of --run-dir has 1 GB free; the smoke study's 9 runs need ≈ 1.5 GB of checkpoints (3 kept per run,
+    """The disk of --run-dir has 1 GB free; the smoke study's 10 runs need ≈ 1.6 GB of checkpoints (3 kept per run,
     one being written): refused before any data, cache or run is made, with the numbers and run.keep_checkpoints."""
     real_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=10**9))
     run_dir = tmp_path / "study"
     out = cli("study", "--profile", "smoke", "--run-dir", run_dir, "--reports", tmp_path / "reports",
               *(["--plan"] if plan else []))
-    line = assert_clear_error(out, str(run_dir), "the study needs ≈ 1.5 GB but its disk has 1.0 GB free",
-                              "9 unfinished run(s)", "run.keep_checkpoints", "-p run.keep_checkpoints=1")
+    line = assert_clear_error(out, str(run_dir), "the study needs ≈ 1.6 GB but its disk has 1.0 GB free",
+                              "10 unfinished run(s)", "run.keep_checkpoints", "-p run.keep_checkpoints=1")
     assert "checkpoints of 0.05–0.05 GB each" in line
     assert sorted(p.name for p in run_dir.iterdir()) == [".mmd2v2.lock"]  # nothing made but the folder's lock
 

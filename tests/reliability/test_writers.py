@@ -106,7 +106,7 @@ def test_two_studies_on_one_folder(smoke_study, tmp_path, seen):
             os.killpg(first.pid, signal.SIGKILL)
     assert "[run] mmd2v2_7_2 seed 0 · start" in (tmp_path / "first.log").read_text()
     disturbed, undisturbed = _metrics(run_dir), _metrics(reference / "run")
-    assert len(disturbed) == 24 + 11 and disturbed == undisturbed  # test results; binding of 9 runs and 2 baselines
+    assert len(disturbed) == 26 + 12 and disturbed == undisturbed  # test results; binding of 10 runs and 2 baselines
     seen(f"first study: exit 0, its {len(disturbed)} results equal an undisturbed study's")
 
 
