@@ -144,9 +144,18 @@ def _train(args: argparse.Namespace) -> int | None:
               f"listed in {result.out_dir / 'skipped_images.jsonl'}", file=sys.stderr)
 
 
+def _write_result(out: Path | None, result: dict) -> None:
+    """An evaluation's results JSON at ``--out``, when one was given."""
+    from .data.index import write_text_atomic
+
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        print(f"  written to {out}")
+
+
 def _eval_retrieval(args: argparse.Namespace) -> None:
     from .config import to_dict
-    from .data.index import write_text_atomic
     from .eval.embed import evaluate_retrieval, student_inputs
     from .train.checkpoint import load_trained_student
 
@@ -164,14 +173,10 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     print(f"  text→image  R@1 {m['t2i_r1']:6.2f}  R@5 {m['t2i_r5']:6.2f}  R@10 {m['t2i_r10']:6.2f}")
     print(f"  mean {m['mean']:.2f}   median rank i2t {result['ranks']['i2t_median_rank']:.0f}, "
           f"t2i {result['ranks']['t2i_median_rank']:.0f}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
-        print(f"  written to {args.out}")
+    _write_result(args.out, result)
 
 
 def _eval_binding(args: argparse.Namespace) -> None:
-    from .data.index import write_text_atomic
     from .eval.binding import evaluate_binding, read_binding_set
     from .eval.clip_benchmark import load_student_any
     from .eval.embed import student_inputs
@@ -194,10 +199,7 @@ def _eval_binding(args: argparse.Namespace) -> None:
                   f"{result['blind'][group][name]['accuracy']:>8.1f}")
     print(f"  {'all':<18}{result['items']:>7,}{result['model']['all']['accuracy']:>8.1f}"
           f"{result['model']['all']['ties']:>6}{result['blind']['all']['accuracy']:>8.1f}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
-        print(f"  written to {args.out}")
+    _write_result(args.out, result)
 
 
 def _data_binding(args: argparse.Namespace) -> None:

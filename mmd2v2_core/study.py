@@ -569,11 +569,7 @@ class Study:
         if path.is_file():
             return json.loads(path.read_text())
         with self.writing():
-            if run_name in self.baselines:
-                baseline, _ = self.fit_baseline(run_name)
-                images_of, texts_of = baseline.embed_images, baseline.embed_texts
-            else:
-                images_of, texts_of = self._student_encoders(run_name, seed)
+            images_of, texts_of = self._encoders(run_name, seed)
             result = transfer_decomposition(self.data("synth-flickr"), self.transfer_sets(), images_of, texts_of,
                                             test_drawing="flickr")
             result.update(run=run_name, seed=seed, profile=self.profile.name)
@@ -604,11 +600,7 @@ class Study:
         if path.is_file() and (cached := json.loads(path.read_text()))[0].get("sources") == sources:
             return cached
         with self.writing():
-            if run_name in self.baselines:
-                baseline, _ = self.fit_baseline(run_name)
-                images_of, texts_of = baseline.embed_images, baseline.embed_texts
-            else:
-                images_of, texts_of = self._student_encoders(run_name, seed)
+            images_of, texts_of = self._encoders(run_name, seed)
             results = []
             for dataset, folder in sets.items():
                 items = read_binding_set(folder)
@@ -631,6 +623,13 @@ class Study:
         seeds = (0,) if run_name in self.baselines else self.profile.seeds
         paths = [folder / f"{run_name}-{self.result_stem(run_name, seed)}.json" for seed in seeds]
         return [r for p in paths if p.is_file() for r in json.loads(p.read_text())]
+
+    def _encoders(self, run_name: str, seed: int):
+        """A closed-form row's or a trained run's encoders of a split's images and of its captions."""
+        if run_name in self.baselines:
+            baseline, _ = self.fit_baseline(run_name)
+            return baseline.embed_images, baseline.embed_texts
+        return self._student_encoders(run_name, seed)
 
     def _student_encoders(self, run_name: str, seed: int):
         """A trained run's encoders of a split's images and of its captions (at the profile's test precision)."""
