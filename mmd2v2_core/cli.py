@@ -281,7 +281,8 @@ def _study_check(args: argparse.Namespace) -> None:
         raise KitError("--check runs every notebook up to its first computation: use it without --plan, --only, --from")
     study = Study(args.profile, (args.run_dir or Path(f"runs/study-{args.profile}")).resolve(), args.params,
                   data_dir=args.data.resolve() if args.data else None, nproc_per_node=args.nproc_per_node or 1,
-                  imagenet_dir=args.imagenet.resolve() if args.imagenet else None, check=True)
+                  imagenet_dir=args.imagenet.resolve() if args.imagenet else None,
+                  sugarcrepe_dir=args.sugarcrepe.resolve() if args.sugarcrepe else None, check=True)
     check_study(study, args.notebooks, args.reports)
     print(f"check: the {args.profile} study's {len(study.runs)} runs × {len(study.profile.seeds)} seeds resolve; "
           "every notebook ran to its first computation")
@@ -300,7 +301,7 @@ def _study_locked(args: argparse.Namespace) -> None:
         from .study import Study
 
         study = Study(args.profile, args.run_dir or f"runs/study-{args.profile}", args.params, data_dir=args.data,
-                      nproc_per_node=nproc, imagenet_dir=args.imagenet)
+                      nproc_per_node=nproc, imagenet_dir=args.imagenet, sugarcrepe_dir=args.sugarcrepe)
         check_inputs(study)
         for line in eta_lines(study, unfinished_notebooks(study.run_dir)):
             print(line)
@@ -317,7 +318,8 @@ def _study_locked(args: argparse.Namespace) -> None:
         print(f"plan: {study.plan(nproc, args.warmup_steps, args.gpu_memory)}")
         return
     report = run_study(args.profile, args.run_dir, args.reports, args.only, args.start, args.params, args.notebooks,
-                       data_dir=args.data, nproc_per_node=nproc, imagenet_dir=args.imagenet)
+                       data_dir=args.data, nproc_per_node=nproc, imagenet_dir=args.imagenet,
+                       sugarcrepe_dir=args.sugarcrepe)
     print(f"report: {report}")
 
 
@@ -560,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="real profile: folder of the prepared indexes coco/ and flickr30k/ (`mmd2v2 data karpathy`)")
     study.add_argument("--imagenet", type=Path, default=None,
                        help="real profile: ImageNet-1k val folder (<wnid>/*.JPEG) for zero-shot classification")
+    study.add_argument("--sugarcrepe", type=Path, default=None,
+                       help="real profile: SugarCrepe's 7 task JSONs with COCO val2017 in val2017/, for binding")
     study.add_argument("--nproc-per-node", type=_at_least(1), default=None,
                        help="processes per training run; more than 1 launches torchrun (default: the GPU count)")
     study.add_argument("--check", action="store_true",

@@ -249,8 +249,13 @@ def write_plan(study, nproc_per_node: int = 1, warmup_steps: int = 0, device_gib
              "# resumes from the run's last checkpoint). On a cluster, each line is a job: set NNODES, NODE_RANK,",
              "# MASTER_ADDR, MASTER_PORT and NPROC_PER_NODE as the scheduler gives them. A rank that dies stops the",
              "# others within COLLECTIVE_TIMEOUT seconds, and torchrun restarts them all from the last checkpoint",
-             "# (MAX_RESTARTS times at most). Afterwards:",
-             f"#   mmd2v2 study --profile {study.profile.name} --run-dir {study.run_dir} --data {study.data_dir}",
+             "# (MAX_RESTARTS times at most). Afterwards, to score every run and write the report:",
+             f"#   mmd2v2 study --profile {study.profile.name} --run-dir {study.run_dir} --data {study.data_dir}"
+             + "".join(f" {flag} {folder}" for flag, folder in (("--imagenet", study.imagenet_dir),
+                                                                ("--sugarcrepe", study.sugarcrepe_dir)) if folder),
+             f"# It scores retrieval on {', '.join(study.test_sets)}" + "".join(
+                 f"; {what} on {folder}" for what, folder in (("zero-shot ImageNet-1k", study.imagenet_dir),
+                                                             ("SugarCrepe's binding", study.sugarcrepe_dir)) if folder),
              "set -e"]
     for run in study.runs:
         for seed in study.profile.seeds:

@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .data.index import load_manifest
 from .errors import DataError
+from .eval.binding import COCO_VAL2017, SUGARCREPE_JSONS, missing_sugarcrepe, read_binding_set
 from .memory import target_dim
 from .runs import REAL_BASELINES
 from .student.presets import preset_from_config
@@ -57,7 +58,22 @@ def missing_data(study) -> list[str]:
                          f"dataset_{name}.json --images <{IMAGE_ROOTS.get(name, 'its image folder')}> --out {folder}`")
     if study.imagenet_dir and not study.imagenet_dir.is_dir():
         lines.append(f"data imagenet: {study.imagenet_dir} is not a folder (ImageNet-1k val laid out as <wnid>/*.JPEG)")
+    if study.sugarcrepe_dir:
+        lines += filter(None, [_sugarcrepe_line(study.sugarcrepe_dir)])
     return lines
+
+
+def _sugarcrepe_line(folder: Path) -> str | None:
+    """What SugarCrepe's folder lacks (the files to download), or the first malformed entry or missing image."""
+    missing = missing_sugarcrepe(folder)
+    if missing:
+        return (f"data sugarcrepe: {folder} lacks {', '.join(missing)}; put SugarCrepe's task JSONs ({SUGARCREPE_JSONS}) "
+                f"there and COCO val2017's images in its val2017/ ({COCO_VAL2017})")
+    try:
+        read_binding_set(folder)
+    except DataError as err:
+        return f"data sugarcrepe: {err}"
+    return None
 
 
 def check_data(study) -> dict[str, Path]:

@@ -95,20 +95,23 @@ def notebook_parameters(study: Study, reports_dir: Path) -> dict:
             "overrides": list(study.overrides), "run_overrides": study.run_overrides,
             "data_dir": str(study.data_dir) if study.data_dir != study.run_dir / "data" else None,
             "nproc_per_node": study.nproc_per_node,
-            "imagenet_dir": str(study.imagenet_dir) if study.imagenet_dir else None}
+            "imagenet_dir": str(study.imagenet_dir) if study.imagenet_dir else None,
+            "sugarcrepe_dir": str(study.sugarcrepe_dir) if study.sugarcrepe_dir else None}
 
 
 def run_study(profile: str = "embedded", run_dir: str | Path | None = None, reports_dir: str | Path = "reports",
               only: str | None = None, start: str | None = None, params: list[str] = (),
               notebooks_dir: str | Path = "notebooks", log=print, data_dir: str | Path | None = None,
-              nproc_per_node: int = 1, imagenet_dir: str | Path | None = None) -> Path:
+              nproc_per_node: int = 1, imagenet_dir: str | Path | None = None,
+              sugarcrepe_dir: str | Path | None = None) -> Path:
     import papermill as pm
 
     run_dir = Path(run_dir or f"runs/study-{profile}").resolve()
     data_dir = Path(data_dir).resolve() if data_dir else None
     imagenet_dir = Path(imagenet_dir).resolve() if imagenet_dir else None
+    sugarcrepe_dir = Path(sugarcrepe_dir).resolve() if sugarcrepe_dir else None
     study = Study(profile, run_dir, list(params), data_dir=data_dir, nproc_per_node=nproc_per_node,
-                  imagenet_dir=imagenet_dir)
+                  imagenet_dir=imagenet_dir, sugarcrepe_dir=sugarcrepe_dir)
     check_inputs(study)
     reports_dir, notebooks_dir = Path(reports_dir).resolve(), Path(notebooks_dir).resolve()
     if not notebooks_dir.is_dir():

@@ -46,7 +46,7 @@ from .data.rendering import VERSION as RENDERING_VERSION
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, DataError, KitError
 from .eta import TRAINING_LOG, pairs_to_train
-from .eval.binding import SOURCE_FILE, blind_embeddings, failures, read_binding_set, selection_scores
+from .eval.binding import blind_embeddings, failures, read_binding_set, selection_scores, set_digest
 from .eval.baseline import CCABaseline, bag_of_words, fit_baseline, thumbnails
 from .eval.embed import encode_captions, encode_images, evaluate_retrieval, student_inputs
 from .eval.transfer import transfer_decomposition
@@ -157,7 +157,8 @@ class Study:
 
     def __init__(self, profile: str, run_dir: str | Path, overrides: list[str] = (),
                  run_overrides: dict[str, list[str]] | None = None, log=print, data_dir: str | Path | None = None,
-                 nproc_per_node: int = 1, imagenet_dir: str | Path | None = None, check: bool = False):
+                 nproc_per_node: int = 1, imagenet_dir: str | Path | None = None,
+                 sugarcrepe_dir: str | Path | None = None, check: bool = False):
         self.profile = get_profile(profile)
         self.runs, self.test_sets = self.profile.run, self.profile.test_sets
         self.run_dir = from_root(run_dir)  # a relative run_dir means the same folder from notebooks/ as from the root
@@ -171,6 +172,11 @@ class Study:
         self.nproc_per_node = nproc_per_node
         self.check = check
         self.imagenet_dir = from_root(imagenet_dir) if imagenet_dir else None  # real: zero-shot ImageNet-1k val
+        self.sugarcrepe_dir = from_root(sugarcrepe_dir) if sugarcrepe_dir else None  # real: SugarCrepe + val2017
+        given = [flag for flag, folder in (("--imagenet", imagenet_dir), ("--sugarcrepe", sugarcrepe_dir)) if folder]
+        if given and self.profile.synthetic:
+            raise ConfigError(f"{given[0]} is a real-profile test set: the {profile} profile tests on its generated "
+                              "data (its hard negatives come from the scene graphs)")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._run_outs: dict[tuple[str, int], Path] = {}  # resolving a config reads the dataset manifest
 
@@ -579,9 +585,10 @@ class Study:
 
     def binding_sets(self) -> dict[str, Path]:
         """Hard negatives of each synthetic test set's first ``BINDING_IMAGES`` images in SugarCrepe's layout
-        (``data_prep.synth.negatives``; made again when the test set changed), under ``data/binding/``."""
+        (``data_prep.synth.negatives``; made again when the test set changed), under ``data/binding/``; on the real
+        profile SugarCrepe's own, where the study was given it (``sugarcrepe_dir``)."""
         if not self.profile.synthetic:
-            return {}
+            return {"sugarcrepe": self.sugarcrepe_dir} if self.sugarcrepe_dir else {}
         sets = {d: self.run_dir / "data" / "binding" / d for d in self.test_sets}
         stale = [d for d, folder in sets.items() if not binding_set_current(folder, self.data(d), images=BINDING_IMAGES)]
         if stale:
@@ -595,7 +602,7 @@ class Study:
         negatives, with the blind row of its own captions (cached in results/binding/; ``metrics``: per kind, and
         pooled per group of ``BINDING_GROUPS``)."""
         sets = self.binding_sets()
-        sources = {d: json.loads((folder / SOURCE_FILE).read_text())["index_sha256"] for d, folder in sets.items()}
+        sources = {d: set_digest(folder) for d, folder in sets.items()}
         path = self.run_dir / "results" / "binding" / f"{run_name}-{self.result_stem(run_name, seed)}.json"
         if path.is_file() and (cached := json.loads(path.read_text()))[0].get("sources") == sources:
             return cached
@@ -634,10 +641,11 @@ class Study:
     def _student_encoders(self, run_name: str, seed: int):
         """A trained run's encoders of a split's images and of its captions (at the profile's test precision)."""
         student, cfg = load_trained_student(self.train(run_name, seed))
-        images, tokenizer = student_inputs(student, cfg.data.tokenizer, self.frontend_cache)
-        precision = self.profile.eval_precision
-        return (lambda split: encode_images(student, split, images, 512, precision=precision),
-                lambda split: encode_captions(student, split.captions, tokenizer, 512, precision=precision))
+        student = student.to(self.device)
+        images, tokenizer = student_inputs(student, cfg.data.tokenizer, self.frontend_cache, self.device)
+        precision, device = self.profile.eval_precision, self.device
+        return (lambda split: encode_images(student, split, images, 512, device, precision=precision).cpu(),
+                lambda split: encode_captions(student, split.captions, tokenizer, 512, device, precision).cpu())
 
     def imagenet(self, run_name: str, seed: int) -> dict:
         """Zero-shot ImageNet-1k top-1/top-5 of one trained run on ``imagenet_dir`` (real profile; cached in

@@ -476,6 +476,31 @@ def write_imagenet_val(folder: Path) -> Path:
     return folder
 
 
+def write_sugarcrepe(folder: Path) -> Path:
+    """SugarCrepe's release as `--sugarcrepe` reads it: its 7 task JSONs (``{id: {filename, caption,
+    negative_caption}}``, string ids that skip, no other field) and COCO val2017's images by their file names in
+    ``val2017/``: each sample photo once, its first caption against a negative of each task's making."""
+    (folder / "val2017").mkdir(parents=True)
+    negatives = {  # task -> caption words -> negative words
+        "add_att": lambda w: [*w[:2], "small", *w[2:]], "add_obj": lambda w: [*w, "and", "a", "dog"],
+        "replace_att": lambda w: [*w[:1], "green", *w[1:]], "replace_obj": lambda w: [*w[:-1], "horse"],
+        "replace_rel": lambda w: [{"in": "under", "on": "beside"}.get(x, x) for x in w] if {"in", "on"} & set(w)
+        else [*w, "near", "a", "tree"],
+        "swap_att": lambda w: [w[0], w[-1], *w[2:-1], w[1]], "swap_obj": lambda w: [*w[:2], w[-1], *w[3:-1], w[2]]}
+    names = []
+    for k, (source, name, _) in enumerate(PHOTOS.values()):
+        names.append(f"{139 + 724 * k:012d}.jpg")
+        _view(_sample_photo(source, name), "full").save(folder / "val2017" / names[-1], "JPEG", quality=90)
+    for t, (task, negative) in enumerate(negatives.items()):
+        entries = {}
+        for k, (_, _, phrases) in enumerate(PHOTOS.values()):
+            words = phrases[0].split()
+            entries[str(11 * k + 3 * t)] = {"filename": names[k], "caption": phrases[0],
+                                            "negative_caption": " ".join(negative(words))}
+        (folder / f"{task}.json").write_text(json.dumps(entries, indent=4))
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------- extra sources
 
 # What the thesis' data mixes add to COCO (data.sources of the real configs), each in its release's own layout.

@@ -236,3 +236,49 @@ def test_hard_negatives_need_scene_graphs_and_a_phrasing(smoke_data, tmp_path, c
         {w for f in STYLES["coco"].frames for w in f.split()}
     assert any(set(_words(c)) & flickr_only for c in captions)
     assert np.mean([len(c) for c in captions]) > 20
+
+
+@pytest.mark.parametrize("damage, named", [
+    (None, None),
+    ("no_json", "lacks swap_obj.json; put SugarCrepe's task JSONs"),
+    ("no_images", "lacks val2017/; put SugarCrepe's task JSONs"),
+    ("image_gone", "add_att.json: entry '11': image"),
+    ("truncated", "add_att.json: not a SugarCrepe JSON"),
+    ("no_caption", "swap_att.json: entry '26'"),
+])
+def test_the_real_study_names_what_its_sugarcrepe_folder_lacks_before_anything_runs(tmp_path, damage, named):
+    """`mmd2v2 study --profile real --sugarcrepe DIR`: the preflight reads the whole set, and a missing file, image or
+    field is one line naming it (with where to download SugarCrepe and COCO val2017)."""
+    from real_fixture import write_sugarcrepe
+
+    from mmd2v2_core.preflight import missing_data
+    from mmd2v2_core.study import Study
+
+    folder = write_sugarcrepe(tmp_path / "sugar-crepe")
+    if damage == "no_json":
+        (folder / "swap_obj.json").unlink()
+    elif damage == "no_images":
+        shutil.rmtree(folder / "val2017")
+    elif damage == "image_gone":
+        name = json.loads((folder / "replace_rel.json").read_text())["23"]["filename"]
+        (folder / "val2017" / name).unlink()
+    elif damage == "truncated":
+        (folder / "add_att.json").write_text((folder / "add_att.json").read_text()[:40])
+    elif damage == "no_caption":
+        entries = json.loads((folder / "swap_att.json").read_text())
+        del entries["26"]["caption"]
+        (folder / "swap_att.json").write_text(json.dumps(entries))
+    study = Study("real", tmp_path / "run", sugarcrepe_dir=folder)
+    lines = [line for line in missing_data(study) if line.startswith("data sugarcrepe:")]
+    if named is None:
+        assert lines == [] and len(read_binding_set(folder)) == 7 * 8
+    else:
+        assert len(lines) == 1 and named in lines[0], lines
+
+
+def test_sugarcrepe_is_a_real_profile_test_set(tmp_path):
+    from mmd2v2_core.errors import ConfigError
+    from mmd2v2_core.study import Study
+
+    with pytest.raises(ConfigError, match="--sugarcrepe is a real-profile test set"):
+        Study("smoke", tmp_path / "run", sugarcrepe_dir=tmp_path)

@@ -9,6 +9,7 @@ report without training anything again.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from mmd2v2_core.profiles import PROFILES
 from mmd2v2_core.runs import EXTRA_LABELS
 from mmd2v2_core.study import REAL_BASELINES
 
-from real_fixture import write_imagenet_val
+from real_fixture import write_imagenet_val, write_sugarcrepe
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = PROFILES["real"]
@@ -56,8 +57,9 @@ def real(real_fixture, tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     (root / "weights").symlink_to(real_fixture.weights_dir)  # the real configs name weights/… in the working folder
     env = {**real_fixture.env, "OMP_NUM_THREADS": "1"}
+    sugarcrepe = write_sugarcrepe(root / "sugar-crepe")
     code, plan_log = _study(root, env, "--plan", "--nproc-per-node", "2", "--warmup-steps", "3", "--gpu-memory", "24",
-                            data=data)
+                            "--sugarcrepe", str(sugarcrepe), data=data)
     assert code == 0, plan_log
     plan = root / "run" / "plan" / "plan.sh"
     # a scheduler runs each line where the study's inputs are, in the kit's environment (torchrun on the PATH);
@@ -68,7 +70,8 @@ def real(real_fixture, tmp_path_factory):
                                "MASTER_PORT": str(_free_port())}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trained = {p: p.stat().st_mtime_ns for p in (root / "run" / "runs").rglob("model.safetensors")}
-    code, study_log = _study(root, env, "--imagenet", str(write_imagenet_val(root / "imagenet" / "val")), data=data)
+    code, study_log = _study(root, env, "--imagenet", str(write_imagenet_val(root / "imagenet" / "val")),
+                             "--sugarcrepe", str(sugarcrepe), data=data)
     assert code == 0, study_log
     return root, plan_log, plan.read_text(), trained, study_log
 
@@ -77,10 +80,11 @@ def test_missing_data_and_weights_fail_before_training_one_line_each(tmp_path):
     (tmp_path / "notebooks").mkdir()
     empty_cache = tmp_path / "hf"
     code, log = _study(tmp_path, {"HF_HOME": str(empty_cache), "HF_HUB_CACHE": str(empty_cache / "hub"),
-                                  "HF_HUB_OFFLINE": "1"}, "--imagenet", str(tmp_path / "imagenet"))
+                                  "HF_HUB_OFFLINE": "1"}, "--imagenet", str(tmp_path / "imagenet"),
+                       "--sugarcrepe", str(tmp_path / "sugar-crepe"))
     assert code == 2
     lines = [line.strip() for line in log.splitlines()[1:] if line.strip()]
-    expected = ["data coco:", "data flickr30k:", "data imagenet:", "data vg:", "data cc3m_500k:", "data cc3m:",
+    expected = ["data coco:", "data flickr30k:", "data imagenet:", "data sugarcrepe:", "data vg:", "data cc3m_500k:", "data cc3m:",
                 "data cc12m:", "weights d2v2-image:", "weights d2v2-text:", "weights beitv2:", "weights beitv2-ft:",
                 "weights dino:", "weights bert:", "tokenizer: folder weights/d2v2-text-tokenizer",
                 "tokenizer bert-base-uncased:"]
@@ -89,6 +93,9 @@ def test_missing_data_and_weights_fail_before_training_one_line_each(tmp_path):
     assert len(lines) == len(expected), log
     assert "mmd2v2 data karpathy --json dataset_coco.json" in log and "base_imagenet.pt not found" in log
     assert "(runs: smke_dino)" in log
+    assert f"data sugarcrepe: {tmp_path / 'sugar-crepe'} lacks add_att.json, add_obj.json, replace_att.json, " \
+           "replace_obj.json, replace_rel.json, swap_att.json, swap_obj.json, val2017/; put SugarCrepe's task JSONs " \
+           "(https://github.com/RAIVNLab/sugar-crepe/tree/main/data)" in log and "val2017.zip" in log
     assert "`mmd2v2 data vg --regions region_descriptions.json" in log and "--limit 500000 --out" in log
     assert "or train without it: -p data.sources=[] (the report labels those rows COCO only)" in log
     assert not (tmp_path / "run" / "runs").exists()  # nothing trained
@@ -143,7 +150,7 @@ def test_the_study_after_the_plan_scores_every_run_without_training_again(real):
     for run in REAL.run:
         assert re.search(rf"\[run\] {run} seed 0 · scored in \d+ s · mean recall coco [\d.]+, flickr30k [\d.]+",
                          study_log), run
-    results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name != "imagenet"]
+    results = [p for p in (root / "run" / "results").rglob("*.json") if p.parent.name not in ("imagenet", "binding")]
     # every run, the unaligned towers and the closed-form rows, on COCO and Flickr30K
     assert len(results) == 2 * (len(REAL.runs) + 1 + len(REAL_BASELINES))
 
@@ -198,3 +205,30 @@ def test_the_report_puts_each_measured_row_under_the_thesis_row(real):
     assert len(scores) == 2 and all(0 <= s["top1"] <= s["top5"] <= 100 and s["images"] == 1000 for s in scores)
     # the findings table: the real claims, judged (one seed: no spread)
     assert "| A BEiT-v2 teacher beats a D2V2-image one (MM-D2V2 5+1) | coco |" in report
+
+
+def test_the_study_scores_sugarcrepe_as_eval_binding_does(real, real_fixture):
+    """`--sugarcrepe` goes through the preflight, the plan and notebook 05: every run on SugarCrepe's 7 tasks, its
+    table per task, the reading against chance; each run's scores are `mmd2v2 eval binding`'s on its checkpoint."""
+    root, _, plan, _, study_log = real
+    folder = root / "sugar-crepe"
+    assert f"--sugarcrepe {folder}" in plan and f"SugarCrepe's binding on {folder}" in plan
+    rows = list(csv.DictReader((root / "reports" / "tables" / "binding_sugarcrepe.csv").open()))
+    assert len(rows) == len(REAL.runs)
+    for task in ("swap att", "swap obj", "replace att", "replace obj", "replace rel", "add att", "add obj"):
+        assert all(0 <= float(r[task]) <= 100 for r in rows), task
+    report = (root / "reports" / "report.md").read_text()
+    assert "SugarCrepe's 7 tasks (Hsieh et al., NeurIPS 2023) on 8 COCO val2017 images" in report
+    assert str(root) not in report.split("### Binding or a bag of words?")[1].split("###")[0]  # no absolute folder
+    assert re.search(rf"^- {re.escape(REAL.run['smke'].label)} \(seed 0\), sugarcrepe: swaps [\d.]+ % on 16 items — "
+                     r"(above|below|at) chance", report, re.M)
+    result = json.loads(next((root / "run" / "results" / "binding").glob("smke-seed0-*.json")).read_text())[0]
+    checkpoint = max((root / "run" / "runs" / "smke").rglob("step_*"))
+    done = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", "eval", "binding", "--checkpoint", str(checkpoint),
+                           "--sugarcrepe", str(folder), "--out", str(root / "smke-binding.json")], cwd=root,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **real_fixture.env, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    mine = json.loads((root / "smke-binding.json").read_text())
+    assert mine["items"] == result["items"] == 56
+    assert mine["model"]["by_task"] == result["scores"]["by_task"]
+    assert mine["blind"]["by_task"] == result["blind"]["by_task"]

@@ -13,6 +13,7 @@ SugarCrepe itself). ``blind_embeddings`` is the text-prior row: the captions aga
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,11 +31,16 @@ SUGARCREPE_TASKS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace
 SUGARCREPE_IMAGES = "val2017"
 FIELDS = ("filename", "caption", "negative_caption")
 SOURCE_FILE = "source.json"  # a synthetic set's split of origin (``data_prep.synth.negatives``)
-# The synthetic kinds pooled by what they ask: a swap keeps the caption's words (a bag of words ties), a replacement or
-# an addition changes them; the relation clause is its own group
-BINDING_GROUPS = {"swaps": ("swap_color", "swap_size", "swap_position", "swap_shape"),
-                  "replacements": ("replace_color", "replace_size", "replace_position", "replace_shape"),
-                  "relation": ("replace_rel",), "addition": ("add_obj",)}
+# The kinds pooled by what they ask: a swap keeps the caption's words (a bag of words ties), a replacement or an
+# addition changes them; the relation is its own group. The synthetic kinds name the attribute; SugarCrepe's own
+# items have their task as their kind.
+BINDING_GROUPS = {"swaps": ("swap_color", "swap_size", "swap_position", "swap_shape", "swap_att", "swap_obj"),
+                  "replacements": ("replace_color", "replace_size", "replace_position", "replace_shape",
+                                   "replace_att", "replace_obj"),
+                  "relation": ("replace_rel",), "addition": ("add_obj", "add_att")}
+# Where SugarCrepe's release is (what `--sugarcrepe` names: its data/ folder with COCO's val2017 images beside)
+SUGARCREPE_JSONS = "https://github.com/RAIVNLab/sugar-crepe/tree/main/data"
+COCO_VAL2017 = "http://images.cocodataset.org/zips/val2017.zip"
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,24 @@ def read_binding_set(folder: str | Path, images: str | Path | None = None,
     split = RetrievalSplit(f"binding {folder.name}", records, positives + negatives, t2i,
                            Path(source["index_dir"]) if source else None, source.get("split"))
     return BindingSet(split, np.asarray(image_of), task_of, kind_of)
+
+
+def missing_sugarcrepe(folder: str | Path) -> list[str]:
+    """What a folder lacks to be SugarCrepe's release with its images: the 7 task JSONs and ``val2017/``."""
+    folder = Path(folder)
+    missing = [f"{t}.json" for t in SUGARCREPE_TASKS if not (folder / f"{t}.json").is_file()]
+    return missing + ([f"{SUGARCREPE_IMAGES}/"] if not (folder / SUGARCREPE_IMAGES).is_dir() else [])
+
+
+def set_digest(folder: str | Path) -> str:
+    """What a set's scores are valid for: a synthetic set's test index (``source.json``), else its task files."""
+    folder = Path(folder)
+    if (folder / SOURCE_FILE).is_file():
+        return json.loads((folder / SOURCE_FILE).read_text())["index_sha256"]
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.json")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def pair_scores(image_emb: torch.Tensor, text_emb: torch.Tensor, items: BindingSet) -> tuple[torch.Tensor, torch.Tensor]:

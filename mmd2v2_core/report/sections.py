@@ -565,6 +565,9 @@ BINDING_COLUMNS = {"swaps": "swaps", "swap_color": "colour", "swap_size": "size"
                    "swap_shape": "shape", "replacements": "replacements", "replace_color": "colour",
                    "replace_size": "size", "replace_position": "position", "replace_shape": "shape",
                    "relation": "relation", "addition": "added object"}
+SUGARCREPE_COLUMNS = {"swaps": "swaps", "swap_att": "swap att", "swap_obj": "swap obj",
+                      "replacements": "replacements", "replace_att": "replace att", "replace_obj": "replace obj",
+                      "replace_rel": "replace rel", "addition": "additions", "add_att": "add att", "add_obj": "add obj"}
 
 
 def _mean_half_range(values: list[float]) -> str:
@@ -573,58 +576,56 @@ def _mean_half_range(values: list[float]) -> str:
 
 
 def binding_section(study: Study, reports_dir: Path) -> str:
-    """Binding or a bag of words: every trained run and closed-form row on each synthetic test set's hard negatives
-    (accuracy per kind, mean ± half the seed range), the blind rows, a computed reading and the failures of seed 0
-    of S-SMKE (synthetic profiles: the negatives come from the scene graphs)."""
+    """Binding or a bag of words: every trained run and closed-form row on each hard-negative set (accuracy per kind,
+    mean ± half the seed range), the blind rows, a computed reading and the failures of seed 0 of S-SMKE. Synthetic
+    profiles: each test set's negatives, from its scene graphs; real: SugarCrepe itself, when the study has it."""
     sets = study.binding_sets()
     if not sets:
-        return ("Binding (SugarCrepe's hard negatives) is scored on the synthetic profiles, whose scene graphs make "
-                "the negatives; on COCO, score a run with `mmd2v2 eval binding --sugarcrepe DIR`.")
-    runs = (*study.runs, *study.baselines)
+        return ("Binding is scored from the scene graphs' hard negatives on the synthetic profiles, and on SugarCrepe "
+                "(Hsieh et al., NeurIPS 2023) on the real one when the study is given it: `mmd2v2 study --profile real "
+                "--sugarcrepe DIR`, DIR holding SugarCrepe's 7 task JSONs and COCO's `val2017/`.")
+    synthetic = study.profile.synthetic
+    # the real frozen-feature rows read features cached per prepared index, which SugarCrepe's images are not in
+    runs = (*study.runs, *(study.baselines if synthetic else ()))
     for run in runs:
         for seed in ((0,) if run in study.baselines else study.profile.seeds):
             study.binding(run, seed)
-    images = study.binding_results(runs[0])[0]["images"]
-    lines = [f"Each test set's first {images:,} images with one hard negative of each kind the scene allows "
-             f"(`data_prep/synth/negatives.py`; SugarCrepe's layout under `{sets[study.test_sets[0]].parent}`). "
-             "Accuracy: % of items whose caption scores above the negative (a tie counts half; chance 50). A swap "
-             "keeps the caption's words (but for an article before \"orange\"), so a bag of words ties on it; blind: the row's captions against "
-             "its mean image (above 50: the negatives' wording gives them away).", ""]
+    first = study.binding_results(runs[0])
+    if synthetic:
+        columns = BINDING_COLUMNS
+        lines = [f"Each test set's first {first[0]['images']:,} images with one hard negative of each kind the scene "
+                 "allows (`data_prep/synth/negatives.py`), in SugarCrepe's layout under the study folder's "
+                 "`data/binding/`. A swap keeps the caption's words (but for an article before \"orange\"), so a bag "
+                 "of words ties on it."]
+    else:
+        columns = SUGARCREPE_COLUMNS
+        lines = [f"SugarCrepe's {len(first[0]['scores']['by_task'])} tasks (Hsieh et al., NeurIPS 2023) on "
+                 f"{first[0]['images']:,} COCO val2017 images, from the folder `{study.sugarcrepe_dir.name}` the study "
+                 "was given. The frozen-feature CCA rows are not scored here: their features are cached per prepared "
+                 "index, and SugarCrepe's images are in none."]
+    lines = [lines[0] + " Accuracy: % of items whose caption scores above the negative (a tie counts half; chance 50); "
+             "blind: the row's captions against its mean image (above 50: the negatives' wording gives them away).", ""]
     tables = []
-    for dataset in study.test_sets:
+    for dataset in sets:
         rows = []
         for run in runs:
             found = [r for r in study.binding_results(run) if r["dataset"] == dataset]
             rows.append([study.labels[run], str(len(found)),
-                         *[_mean_half_range([r["metrics"][k] for r in found]) for k in BINDING_COLUMNS],
+                         *[_mean_half_range([r["metrics"][k] for r in found]) for k in columns],
                          _mean_half_range([r["blind"]["all"]["accuracy"] for r in found]),
                          _mean_half_range([max(v["accuracy"] for v in r["blind"]["by_kind"].values()) for r in found])])
-        items = next(r["items"] for r in study.binding_results(runs[0]) if r["dataset"] == dataset)
+        items = next(r["items"] for r in first if r["dataset"] == dataset)
         table = SimpleTable(f"binding_{dataset}", f"Binding on `{dataset}`'s hard negatives ({items:,} items): "
-                            "accuracy %", ["row", "seeds", *BINDING_COLUMNS.values(), "blind (all)", "blind (max kind)"],
+                            "accuracy %", ["row", "seeds", *columns.values(), "blind (all)", "blind (max kind)"],
                             rows, ["Columns: the swaps pooled and per swapped attribute, the replacements pooled and "
                                    "per replaced attribute, the relation clause flipped, an object added. ± is half "
-                                   "the range over seeds."])
+                                   "the range over seeds." if synthetic else "Columns: SugarCrepe's tasks, pooled "
+                                   "into swaps, replacements and additions beside each."])
         tables.append(table)
         lines += [simple_markdown(table), ""]
     write_tables(tables, reports_dir / "tables")
     lines += ["Also as `.tex` and `.csv`: `tables/binding_*`.", "", "Reading:", ""]
-    claims = [Claim(f"{study.labels[r]} vs the best frozen-input CCA, swap accuracy", r,
-                    tuple(b for b in study.baselines if b in FROZEN_INPUT_BASELINES), key="swaps")
-              for r in study.runs]
-    for r in check_claims(study.binding_results, study.test_sets, claims):
-        said = r["verdict"] if r["verdict"].startswith(("within", "one seed")) else \
-            ("above, beyond the seed range" if r["diff"] > 0 else "below, beyond the seed range")
-        lines.append(f"- {r['claim']}, {r['dataset']}: {r['a']:.1f} vs {r['b']:.1f} ({r['diff']:+.1f}; seed range "
-                     f"{r['spread']:.1f}) — {said}{_unconverged_note(study, r['runs'])}.")
-    blind = [(abs(v["accuracy"] - 50), f"{study.labels[run]} on `{r['dataset']}` {kind} {v['accuracy']:.1f} % "
-              f"({v['items']} items)", abs(v["accuracy"] - 50) > 2 * 50 / v["items"] ** 0.5)
-             for run in runs for r in study.binding_results(run) if r["seed"] == study.profile.seeds[0]
-             for kind, v in r["blind"]["by_kind"].items()]
-    leaks = sorted((b for b in blind if b[2]), reverse=True)  # beyond two binomial standard errors of chance
-    lines.append(f"- Blind rows (seed {study.profile.seeds[0]}): {len(leaks)} of {len(blind)} row × set × kind cells lie "
-                 "beyond two binomial standard errors of chance, where the negatives' wording alone moves the score"
-                 + (": the largest " + "; ".join(text for _, text, _ in leaks[:5]) if leaks else "") + ".")
+    lines += _binding_reading(study, runs, tuple(sets))
     shown = next((r for r in study.binding_results("smke") if r["seed"] == study.profile.seeds[0]), None)
     if shown and shown["failures"]:
         figure = plot_binding_failures(shown["failures"], reports_dir / "figures" / "binding_failures.png")
@@ -632,6 +633,45 @@ def binding_section(study: Study, reports_dir: Path) -> str:
                   "kind: the image, its caption and the negative with their cosines.", "",
                   f"![binding failures]({_rel(figure, reports_dir)})"]
     return "\n".join(lines)
+
+
+def _beyond_chance(accuracy: float, items: int) -> bool:
+    """Farther from 50 % than two binomial standard errors of a coin toss on ``items`` items."""
+    return abs(accuracy - 50) > 2 * 50 / items ** 0.5
+
+
+def _binding_reading(study: Study, runs: tuple[str, ...], datasets: tuple[str, ...]) -> list[str]:
+    """Each run's swaps against the best frozen-input CCA (synthetic: the bag of words that ties on every swap), or
+    against chance where no such row is scored (SugarCrepe); then the blind rows that leave chance."""
+    lines = []
+    if study.profile.synthetic:
+        claims = [Claim(f"{study.labels[r]} vs the best frozen-input CCA, swap accuracy", r,
+                        tuple(b for b in study.baselines if b in FROZEN_INPUT_BASELINES), key="swaps")
+                  for r in study.runs]
+        for r in check_claims(study.binding_results, datasets, claims):
+            said = r["verdict"] if r["verdict"].startswith(("within", "one seed")) else \
+                ("above, beyond the seed range" if r["diff"] > 0 else "below, beyond the seed range")
+            lines.append(f"- {r['claim']}, {r['dataset']}: {r['a']:.1f} vs {r['b']:.1f} ({r['diff']:+.1f}; seed range "
+                         f"{r['spread']:.1f}) — {said}{_unconverged_note(study, r['runs'])}.")
+    else:
+        for run in study.runs:
+            for r in study.binding_results(run):
+                swaps = r["scores"]["by_group"].get("swaps")
+                if swaps:
+                    side = "above" if swaps["accuracy"] > 50 else "below"
+                    said = f"{side} chance" if _beyond_chance(swaps["accuracy"], swaps["items"]) else "at chance"
+                    lines.append(f"- {study.labels[run]} (seed {r['seed']}), {r['dataset']}: swaps "
+                                 f"{swaps['accuracy']:.1f} % on {swaps['items']:,} items — {said} (two binomial "
+                                 f"standard errors: {100 / swaps['items'] ** 0.5:.1f} points).")
+    blind = [(abs(v["accuracy"] - 50), f"{study.labels[run]} on `{r['dataset']}` {kind} {v['accuracy']:.1f} % "
+              f"({v['items']} items)", _beyond_chance(v["accuracy"], v["items"]))
+             for run in runs for r in study.binding_results(run) if r["seed"] == study.profile.seeds[0]
+             for kind, v in r["blind"]["by_kind"].items()]
+    leaks = sorted((b for b in blind if b[2]), reverse=True)
+    lines.append(f"- Blind rows (seed {study.profile.seeds[0]}): {len(leaks)} of {len(blind)} row × set × kind cells lie "
+                 "beyond two binomial standard errors of chance, where the negatives' wording alone moves the score"
+                 + (": the largest " + "; ".join(text for _, text, _ in leaks[:5]) if leaks else "") + ".")
+    return lines
 
 
 def views_statement() -> str:
@@ -652,8 +692,8 @@ def views_statement() -> str:
 def findings_section(study) -> str:
     """Every qualitative claim of the seed and the thesis with its measurement and a computed verdict, and the
     binding claims where the study scored binding (``binding_section``)."""
-    rows = check_claims(study.results, study.test_sets) + check_claims(study.binding_results, study.test_sets,
-                                                                       BINDING_CLAIMS)
+    rows = check_claims(study.results, study.test_sets) + check_claims(study.binding_results,
+                                                                       tuple(study.binding_sets()), BINDING_CLAIMS)
     for row in rows:
         row["verdict"] += _unconverged_note(study, row["runs"])
     return findings_markdown(rows, study.results("unaligned"))

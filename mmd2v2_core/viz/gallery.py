@@ -43,18 +43,21 @@ def plot_gallery(browser, out: Path, per_kind: int = 3, top: int = 3) -> Path:
 
 
 def plot_binding_failures(failures: list[dict], out: Path, columns: int = 4) -> Path:
-    """Hard-negative items a model got wrong: each image with its caption, the negative, and both cosines."""
-    rows = -(-len(failures) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.2 * rows), squeeze=False)
+    """Hard-negative items a model got wrong: each image with its caption, the negative, and both cosines (the text
+    in a panel of its own under the image, as tall as the longest one needs)."""
+    texts = ["\n".join(textwrap.fill(t, 44) if t else t for t in
+                       f"caption {f['caption_score']:.3f}: {f['caption']}\n\nnegative {f['negative_score']:.3f}: "
+                       f"{f['negative']}".split("\n")) for f in failures]
+    rows, text_inches = -(-len(failures) // columns), 0.12 * max(t.count("\n") + 1 for t in texts)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(3.2 * columns, (3.2 + text_inches) * rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3.0, text_inches] * rows})
     for ax in axes.flat:
         ax.axis("off")
-    for ax, f in zip(axes.flat, failures):
-        ax.imshow(open_rgb(f["image"]))
-        ax.set_title(f["kind"], fontsize=9)
-        text = (f"caption {f['caption_score']:.3f}: {f['caption']}\n\n"
-                f"negative {f['negative_score']:.3f}: {f['negative']}")
-        ax.text(0, -0.04, "\n".join(textwrap.fill(t, 44) if t else t for t in text.split("\n")),
-                transform=ax.transAxes, fontsize=6.5, va="top")
+    for k, (f, text) in enumerate(zip(failures, texts)):
+        image, caption = axes[2 * (k // columns), k % columns], axes[2 * (k // columns) + 1, k % columns]
+        image.imshow(open_rgb(f["image"]))
+        image.set_title(f["kind"], fontsize=9)
+        caption.text(0, 1, text, transform=caption.transAxes, fontsize=6.5, va="top")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
