@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -122,12 +124,27 @@ def _model_summary(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int | None:
-    from .config import load_config, to_yaml
+    from .config import check_out_dir, load_config, to_yaml, unvalidated_config
 
-    cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        print(to_yaml(cfg), end="")
+        print(to_yaml(load_config(args.config, args.overrides)), end="")
         return
+    # the writer's lock first, before torch is imported: a second writer into the folder is refused in a second
+    unchecked = unvalidated_config(args.config, args.overrides)
+    check_out_dir(unchecked)
+    out_dir = Path(unchecked.run.out_dir)
+    made = not out_dir.exists()
+    with folder_lock(out_dir, "mmd2v2 train", "pass another run.out_dir"):
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except KitError:
+            if made:  # a refused config leaves no run folder behind, only its error
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        return _train_locked(cfg)
+
+
+def _train_locked(cfg) -> int | None:
     from .train.loop import TrainingInterrupted, train
 
     try:
@@ -361,13 +378,18 @@ def _warmup_steps(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+# The largest memory of one accelerator made (AMD MI355X and NVIDIA B300: 288 GB), with room for the next ones
+MAX_DEVICE_GIB = 512
+
+
+def _device_gib(text: str) -> float:
+    """--gpu-memory: the GiB of one device, a finite number in (0, MAX_DEVICE_GIB]."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_DEVICE_GIB):
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_DEVICE_GIB}] GiB (no device holds more), got {text}")
     return value
 
 
@@ -573,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write plan/plan.sh (one torchrun line per unfinished run) and the time plan, train nothing")
     study.add_argument("--warmup-steps", type=_warmup_steps, default=5,
                        help="--plan: steps of each run's measured warm-up (0: no time plan)")
-    study.add_argument("--gpu-memory", type=_positive_float, default=None, metavar="GIB",
+    study.add_argument("--gpu-memory", type=_device_gib, default=None, metavar="GIB",
                        help="--plan: memory of one device; the plan gives each run the per-device batch and gradient "
                             "accumulation that keep its global batch (step memory measured on this machine)")
     study.set_defaults(func=_study)

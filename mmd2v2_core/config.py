@@ -187,7 +187,8 @@ def limits() -> dict[str, Range | tuple[str, ...]]:
         "loss.bank_negatives": ("local", "global"),
         "loss.kd_temperature": ("fixed", "learned"),
         "loss.itc_max_scale": Range(1),  # the learned scale is clamped to [1, itc_max_scale]
-        "optim.steps": Range(1),
+        # the thesis' longest run is 60k steps; 10 million is months of steps, and more only follows a typo
+        "optim.steps": Range(1, 10_000_000),
         "optim.batch_size": Range(1),
         "optim.accum": Range(1),
         "optim.lr": Range(0, None, "()"),
@@ -354,6 +355,14 @@ def read_preset(preset: str | Path) -> dict:
 def load_config(preset: str | Path | None = None, overrides: list[str] = (), inputs: bool = True) -> TrainConfig:
     """The preset with ``overrides`` applied, validated. ``inputs=False``: the dataset, teacher cache and checkpoint it
     names may not exist yet (a later stage of a study makes them); each is checked only where it already exists."""
+    cfg = unvalidated_config(preset, overrides)
+    validate(cfg, inputs)
+    return cfg
+
+
+def unvalidated_config(preset: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """The preset with ``overrides`` applied, types checked but no value: what a writer needs to know before anything
+    slow (its ``run.out_dir``, to lock it), without importing torch as ``validate`` does."""
     cfg = TrainConfig()
     if preset:
         data = read_preset(preset)
@@ -362,8 +371,14 @@ def load_config(preset: str | Path | None = None, overrides: list[str] = (), inp
         except ConfigError as exc:
             raise ConfigError(f"config {preset}: {exc}") from None
     _apply(cfg, parse_overrides(list(overrides)))
-    validate(cfg, inputs)
     return cfg
+
+
+def check_out_dir(cfg: TrainConfig) -> None:
+    """A run folder that can be written: refused by key before a writer takes its lock there."""
+    problem = output_problem(cfg.run.out_dir)
+    if problem:
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {problem}")
 
 
 def validate(cfg: TrainConfig, inputs: bool = True) -> None:
@@ -374,6 +389,8 @@ def validate(cfg: TrainConfig, inputs: bool = True) -> None:
     o = cfg.optim
     checks = [
         (o.batch_size % o.accum == 0, "optim.batch_size must be a positive multiple of optim.accum"),
+        (bool(str(cfg.data.tokenizer).strip()), "data.tokenizer is empty: name a tokenizer (a packaged one such as "
+                                                f"{DataConfig.tokenizer!r}, a Hugging Face name or a folder)"),
         (cfg.data.crop_scale[0] <= cfg.data.crop_scale[1],
          f"data.crop_scale={list(cfg.data.crop_scale)}: the lower end must not exceed the upper"),
         (cfg.loss.kd_weight > 0 or cfg.loss.itc_weight > 0, "at least one of loss.kd_weight, loss.itc_weight must be > 0"),
@@ -395,9 +412,7 @@ def validate(cfg: TrainConfig, inputs: bool = True) -> None:
         raise ConfigError(f"run.device={cfg.run.device!r}: {problem}")
     if cfg.data.root and (inputs or (Path(cfg.data.root) / "manifest.json").is_file()):
         _check_dataset(cfg, inputs)
-    problem = output_problem(cfg.run.out_dir)
-    if problem:
-        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {problem}")
+    check_out_dir(cfg)
     if inputs and cfg.teacher.cache and not Path(cfg.teacher.cache).is_dir():
         raise ConfigError(f"teacher.cache={cfg.teacher.cache!r}: folder not found")
     if inputs and cfg.run.resume not in (None, "latest") and not Path(cfg.run.resume).is_dir():

@@ -50,8 +50,11 @@ def folder_lock(folder: str | Path, command: str, hint: str):
         yield
         return
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")  # opening changes nothing: the holder's record stays readable
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a+")  # opening changes nothing: the holder's record stays readable
+    except OSError as err:  # a path the checks let through (a virtual file system, a race): named, not a traceback
+        raise KitError(f"{folder}: cannot be written ({err.strerror})") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -43,6 +43,12 @@ BAD_OVERRIDES = {
     "unknown teacher": ("teacher.name=beitv3", ["'beitv3'", "beitv2"]),
     "device that is no device": ("run.device=tpu", ["run.device='tpu'", "cpu", "cuda:<n>"]),
     "GPU this machine lacks": (f"run.device={ABSENT_GPU}", [f"run.device='{ABSENT_GPU}'", "CUDA device"]),
+    # plausible numbers only: a count no run could reach is a typo, not a plan
+    "10^20 steps": ("optim.steps=100000000000000000000", ["optim.steps=100000000000000000000",
+                                                          "must be in [1, 10000000]"]),
+    "one step past the limit": ("optim.steps=10000001", ["optim.steps=10000001", "must be in [1, 10000000]"]),
+    "blank tokenizer": ("data.tokenizer='  '", ["data.tokenizer is empty"]),
+    "no tokenizer": ("data.tokenizer=", ["data.tokenizer"]),
 }
 
 
@@ -125,3 +131,12 @@ def test_config_file_that_does_not_exist(tmp_path, cli):
     """--config pointing at a missing YAML file, or at a preset that does not exist."""
     assert_clear_error(cli("train", "--config", tmp_path / "nope.yaml"), "nope.yaml", "not found")
     assert_clear_error(cli("train", "--config", "embeded"), "'embeded'", "embedded")
+
+
+@pytest.mark.parametrize("gib", ["inf", "1e400", "nan", "1e9", "513", "0", "-24", "lots", ""])
+def test_a_device_memory_no_device_has_is_refused_before_the_plan(tmp_path, cli, gib):
+    """`--plan --gpu-memory GIB`: a finite size up to the largest device made; anything else is one line naming the
+    flag and its limit, and no plan (no memory.json) is left behind."""
+    out = cli("study", "--profile", "real", "--run-dir", tmp_path / "run", "--plan", "--gpu-memory", gib)
+    assert_clear_error(out, "--gpu-memory", "(0, 512] GiB" if gib not in ("lots", "") else "expected a number")
+    assert not (tmp_path / "run").exists()
