@@ -32,6 +32,10 @@ class StudyProfile:
     # test-split encoding: auto = under bfloat16 autocast where the CPU computes bf16 natively (2.5× faster with AMX),
     # fp32 elsewhere (an AVX2-only CPU emulates bf16: synth-coco 5K in 278 s instead of 43 s, the same recall)
     eval_precision: str = "auto"
+    # synthetic hard-negative sets: each test set's first images (≈ 7.4 captions each), scored for every run and seed
+    # in notebook 05: 300 keep that under 2 min on 2 cores (500 took 156 s on an AMD EPYC with AVX512-BF16), with
+    # ≈ 2,200 items a set, a binomial standard error of ≈ 2 points per pooled group
+    binding_images: int = 300
 
     @property
     def synthetic(self) -> bool:
@@ -61,6 +65,7 @@ PROFILES = {
     "smoke": StudyProfile("smoke", "smoke", "smoke", seeds=(0,),
                           layout_note="smoke size (width 32); tiny random-init teacher in every teacher slot",
                           overrides=("loss.memory_bank=64",),  # the smoke study exercises the teacher memory bank
+                          binding_images=64,  # every kind of negative still occurs; a third of 256's time
                           **_SYNTHETIC_DESIGN),
     # No memory bank at embedded size (the YAML's default 0): at 350 steps one of 4,096 entries holds targets up to
     # 64 steps old and starts as random vectors; without it S-SMKE reached synth-coco 5K I→T R@1 72 % vs 69 %, and

@@ -109,8 +109,6 @@ def run_key(cfg: TrainConfig, *roots: Path) -> str:
 # and text→image alike, on every seed. R@1, the report's headline, not the mean of R@1/5/10, which ends near 98 % on
 # the 1,000 val images and cannot move; see ``configs/embedded.yaml`` for the curves this margin was checked on.
 CONVERGED_GAIN = 1.0
-# Test images per synthetic hard-negative set (≈ 3,700 items): ≈ 2 s per checkpoint and set on 2 cores
-BINDING_IMAGES = 500
 DIRECTIONS = ("i2t", "t2i")
 
 
@@ -179,6 +177,7 @@ class Study:
                               "data (its hard negatives come from the scene graphs)")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._run_outs: dict[tuple[str, int], Path] = {}  # resolving a config reads the dataset manifest
+        self._fits: dict[str, tuple[CCABaseline, dict]] = {}  # notebook 05 reads each closed-form row twice
 
     # -------------------------------------------------------------- paths
     def data(self, domain: str) -> Path:
@@ -496,9 +495,15 @@ class Study:
             return results
 
     def fit_baseline(self, name: str) -> tuple[CCABaseline, dict]:
-        """A closed-form row fitted on the training split (its ridge picked on val), and what it was fitted on."""
+        """A closed-form row fitted on the training split (its ridge picked on val), and what it was fitted on;
+        fitted once per ``Study``."""
         if name not in self.baselines:
             raise ConfigError(f"baseline {name!r}: this study's closed-form rows are {', '.join(self.baselines)}")
+        if name not in self._fits:
+            self._fits[name] = self._fit_baseline(name)
+        return self._fits[name]
+
+    def _fit_baseline(self, name: str) -> tuple[CCABaseline, dict]:
         data = self.config("mmd2v2_6", 0).data
         train, val = (RetrievalSplit.from_index(self.train_data, s) for s in (data.train_split, data.val_split))
         if name in REAL_BASELINES:
@@ -584,17 +589,18 @@ class Study:
             return result
 
     def binding_sets(self) -> dict[str, Path]:
-        """Hard negatives of each synthetic test set's first ``BINDING_IMAGES`` images in SugarCrepe's layout
+        """Hard negatives of each synthetic test set's first ``profile.binding_images`` images in SugarCrepe's layout
         (``data_prep.synth.negatives``; made again when the test set changed), under ``data/binding/``; on the real
         profile SugarCrepe's own, where the study was given it (``sugarcrepe_dir``)."""
         if not self.profile.synthetic:
             return {"sugarcrepe": self.sugarcrepe_dir} if self.sugarcrepe_dir else {}
         sets = {d: self.run_dir / "data" / "binding" / d for d in self.test_sets}
-        stale = [d for d, folder in sets.items() if not binding_set_current(folder, self.data(d), images=BINDING_IMAGES)]
+        count = self.profile.binding_images
+        stale = [d for d, folder in sets.items() if not binding_set_current(folder, self.data(d), images=count)]
         if stale:
             with self.writing():
                 for d in stale:
-                    write_binding_set(self.data(d), sets[d], images=BINDING_IMAGES)
+                    write_binding_set(self.data(d), sets[d], images=count)
         return sets
 
     def binding(self, run_name: str, seed: int = 0) -> list[dict]:

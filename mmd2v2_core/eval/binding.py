@@ -123,10 +123,13 @@ def missing_sugarcrepe(folder: str | Path) -> list[str]:
 
 
 def set_digest(folder: str | Path) -> str:
-    """What a set's scores are valid for: a synthetic set's test index (``source.json``), else its task files."""
+    """What a set's scores are valid for: a synthetic set's making (``source.json``: its test index, image count,
+    phrasing and seed; not the index's folder, so a copied study keeps its scores), else its task files."""
     folder = Path(folder)
     if (folder / SOURCE_FILE).is_file():
-        return json.loads((folder / SOURCE_FILE).read_text())["index_sha256"]
+        made = json.loads((folder / SOURCE_FILE).read_text())
+        made.pop("index_dir", None)
+        return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.json")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
