@@ -10,7 +10,10 @@ they would all be black.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +24,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError
 
 ImageSource = str | Path | bytes | BinaryIO
+
+# A corrupt EXIF or TIFF tag block: PIL skips the tags it cannot read (the pixels decode) and warns once per tag, from
+# inside Image.open, in the middle of a progress bar, with its own source path. Camera metadata says nothing a
+# caption pair needs; a module filter, because catch_warnings is not thread-safe and images are checked in threads.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 
 def _open(source: ImageSource) -> Image.Image:
@@ -61,6 +69,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def open_rgb(source: ImageSource, name: str | None = None) -> Image.Image:
     """Decode an image file (path, bytes or file object) to upright RGB, or raise DataError naming it."""
     label = _describe(source, name)
+    if isinstance(source, (str, Path)) and (problem := not_a_file(Path(source))):
+        raise DataError(f"{label}: " + ("image file not found" if problem == "missing" else problem))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -98,6 +108,20 @@ VERIFY_MODES = ("decode", "header", "exists")
 UNIT_FLOATS_NOTE = "floating-point pixels in [0, 1], read as fractions of full intensity"
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a file to read an image from (missing, a folder, a dangling or looping symlink, a
+    device or pipe), or None."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"broken symlink (to {os.readlink(path)}, which does not exist)" if path.is_symlink() else "missing"
+    except OSError as exc:
+        return "symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
 def check_image(path: Path, verify: str = "decode") -> tuple[str | None, str | None]:
     """(why this image cannot be used, or None; a note on how an unusual image will be read, or None).
 
@@ -106,8 +130,8 @@ def check_image(path: Path, verify: str = "decode") -> tuple[str | None, str | N
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    if not path.is_file():
-        return "missing", None
+    if problem := not_a_file(path):
+        return problem, None
     if path.stat().st_size == 0:
         return "empty file", None
     if verify == "exists":

@@ -24,7 +24,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from ..data.images import image_problem, open_record
-from ..data.index import ImageRecord, read_log_lines
+from ..data.index import ImageRecord, read_log_lines, write_text_atomic
 from ..errors import DataError
 
 MAX_UNREADABLE_IN_A_ROW = 8
@@ -138,11 +138,19 @@ class CachedPairs:
         return out
 
 
-def skipped_images(log: Path) -> list[dict]:
-    """The distinct files a run skipped (each worker and each epoch logs its own encounters)."""
-    seen = {}
+def skipped_images(log: Path, compact: bool = False) -> list[dict]:
+    """The distinct files a run skipped, each with the number of times a batch met it (``times``): each worker and
+    epoch logs its own encounters. ``compact``: rewrite the log as these entries, one line per file (at the end of a
+    run, when no worker appends any more)."""
+    seen: dict[str, dict] = {}
     for entry in read_log_lines(log):
-        seen.setdefault(entry["path"], entry)
+        times = entry.get("times", 1)
+        if entry["path"] in seen:
+            seen[entry["path"]]["times"] += times
+        else:
+            seen[entry["path"]] = {**entry, "times": times}
+    if compact and seen:
+        write_text_atomic(log, "".join(json.dumps(e) + "\n" for e in seen.values()))
     return list(seen.values())
 
 

@@ -512,4 +512,4 @@ def _train(cfg: TrainConfig) -> TrainResult:
         raise TrainingInterrupted(step, last_good)
     return TrainResult(out_dir, step, stop["signal"] is not None, val_history,
                        out_dir / "checkpoints" / best_ptr.read_text().strip() if best_ptr.is_file() else None,
-                       skipped_images(out_dir / SKIPPED_LOG))
+                       skipped_images(out_dir / SKIPPED_LOG, compact=rank == 0))

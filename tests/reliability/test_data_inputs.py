@@ -4,7 +4,10 @@ commands a user runs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,13 +28,24 @@ def _break(path, how: str) -> None:
         path.write_text("<html>404 Not Found</html>")
     elif how == "huge dimensions":  # a 1-bit PNG of 12,000 × 12,000 px: a few KB on disk, 144 Mpx decoded
         Image.new("1", (12_000, 12_000)).save(path, format="PNG")
+    elif how == "a folder":
+        path.unlink()
+        path.mkdir()
+    elif how == "symlink loop":
+        path.unlink()
+        path.symlink_to(path.name)
+    elif how == "dangling symlink":
+        path.unlink()
+        path.symlink_to(path.with_name("moved-away.jpg"))
     else:
         raise ValueError(how)
 
 
-BAD_IMAGES = ["truncated", "zero-byte", "not an image", "huge dimensions"]
+BAD_IMAGES = ["truncated", "zero-byte", "not an image", "huge dimensions", "a folder", "symlink loop",
+              "dangling symlink"]
 PROBLEM = {"truncated": "unreadable", "zero-byte": "empty file", "not an image": "unreadable",
-           "huge dimensions": "image too large"}
+           "huge dimensions": "image too large", "a folder": "a folder, not an image file",
+           "symlink loop": "symlink loop", "dangling symlink": "broken symlink (to "}
 
 
 def _karpathy(smoke):
@@ -80,6 +94,36 @@ def test_image_broken_after_indexing_is_skipped_in_training(smoke, tmp_path, cli
     assert out.code == 0 and "step 12" in out.out
     skipped = [json.loads(line) for line in (tmp_path / "run" / "skipped_images.jsonl").read_text().splitlines()]
     assert skipped and {s["path"] for s in skipped} == {str(bad)} and PROBLEM[how] in skipped[0]["problem"]
+
+
+def test_an_image_skipped_many_times_is_listed_once(smoke, tmp_path, cli):
+    """A folder where an image was: met once per caption and epoch, by two loader workers, it is one line of
+    skipped_images.jsonl (with how often a batch met it) and "skipped 1", never "(missing)"."""
+    bad = read_split(smoke, "train")[3].path
+    _break(bad, "a folder")
+    out = cli("train", "--config", "smoke", f"data.root={smoke}", f"run.out_dir={tmp_path / 'run'}", "optim.steps=12",
+              "optim.batch_size=256", "run.val_every=12", "data.num_workers=2")  # 12 steps: 1.2 epochs
+    assert out.code == 0 and "warning: skipped 1 unreadable image(s)" in out.err
+    skipped = [json.loads(line) for line in (tmp_path / "run" / "skipped_images.jsonl").read_text().splitlines()]
+    assert [(s["path"], s["problem"]) for s in skipped] == [(str(bad), "a folder, not an image file")]
+    assert skipped[0]["times"] >= 5  # its 5 captions, in the first epoch alone
+
+
+def test_a_corrupt_exif_block_is_read_without_a_raw_warning(smoke, tmp_path):
+    """A JPEG whose EXIF block is cut short: PIL warns once per tag it skips, from inside Image.open. Indexing and
+    training read the pixels, and neither prints a warning or a site-packages path."""
+    json_path, images = _karpathy(smoke)
+    bad = read_split(smoke, "train")[0].path
+    cut_exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+    Image.open(bad).convert("RGB").save(bad, format="JPEG", exif=cut_exif)
+    commands = [("data", "karpathy", "--json", json_path, "--images", images, "--out", tmp_path / "idx"),
+                ("train", "--config", "smoke", f"data.root={tmp_path / 'idx'}", f"run.out_dir={tmp_path / 'run'}",
+                 "optim.steps=2", "run.val_every=2", "data.num_workers=1")]
+    for command in commands:  # a terminal's view: pytest would catch an in-process warning, and a loader worker's
+        out = subprocess.run([sys.executable, "-m", "mmd2v2_core.cli", *map(str, command)], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "MMD2V2_PROGRESS": "off"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "Warning" not in out.stderr and "site-packages" not in out.stderr, out.stderr
 
 
 def test_image_broken_after_indexing_stops_evaluation_by_name(smoke, tmp_path, cli):
