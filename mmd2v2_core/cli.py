@@ -266,8 +266,10 @@ def _export(args: argparse.Namespace) -> None:
 
     check_output(args.out, "--out")
     results = [json.loads(Path(r).read_text()) for r in args.results] if args.results else None
-    out = export_student(args.checkpoint, args.out, results)
+    out, others = export_student(args.checkpoint, args.out, results, overwrite=args.overwrite)
     print(f"exported to {out}: model.safetensors, config.json, tokenizer, README.md (model card)")
+    if others:
+        print(f"note: {out} also holds {', '.join(others)}, not the export's own: left as they were")
 
 
 def _report_tables(args: argparse.Namespace) -> None:
@@ -567,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, help="folder to write (Hugging Face Hub layout)")
     export.add_argument("--results", type=Path, nargs="*", default=None,
                         help="result JSONs for the model card (default: the study's results of the run, if any)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="--out may hold an earlier export: its own files are replaced, any other file is kept "
+                             "(and named)")
     export.set_defaults(func=_export)
 
     study = sub.add_parser("study", help="execute the study notebooks with papermill and regenerate the report")

@@ -40,8 +40,16 @@ def packaged_minilm_dir() -> Path:
 def _load_hf(source: str):
     """Loading a tokenizer takes ~2 s; a study loads the same one dozens of times."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    return AutoTokenizer.from_pretrained(source)
+    level = hf_logging.get_verbosity()
+    # AutoTokenizer also reads a folder's config.json: an exported student's names no transformers model, which
+    # transformers warns about, though it concerns no tokenizer
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 class CaptionTokenizer:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -106,10 +108,43 @@ def run_clip_benchmark(checkpoint: str | Path, dataset: str, dataset_root: str |
             "--batch_size", str(batch_size), "--num_workers", "0", "--output", str(output), "--recall_k",
             *map(str, recall_k), *([] if amp else ["--no_amp"]),
             *(["--annotation_file", str(annotation_file)] if annotation_file else [])]
+    if not Path(dataset_root).is_dir():
+        raise DataError(f"--dataset-root {dataset_root}: folder not found")
     saved = sys.argv
     sys.argv = argv
     try:
-        cli.main()
+        with _offline():
+            cli.main()
+    except ValueError as exc:  # CLIP_benchmark's own refusals: an unknown dataset, language or split
+        raise DataError(f"CLIP_benchmark, dataset {dataset!r}: {exc}") from None
+    except RuntimeError as exc:  # torchvision's datasets, which may not download here: "Dataset not found …"
+        raise DataError(f"--dataset-root {dataset_root}: {str(exc).splitlines()[0]} (CLIP_benchmark's {dataset} "
+                        "loader; the kit passes download=False: put the dataset's files there)") from None
+    except OSError as exc:  # a file the loader lists but cannot open (images deleted after the layout was written)
+        raise DataError(f"{exc.filename or dataset_root}: {exc.strerror or exc} (CLIP_benchmark's {dataset} "
+                        "loader)") from None
     finally:
         sys.argv = saved
     return json.loads(Path(output).read_text())
+
+
+@contextmanager
+def _offline():
+    """CLIP_benchmark fetches what a dataset root lacks: ``wget`` through a shell (annotations, COCO's images) and
+    torchvision's ``download=True``. Within this, a file it would fetch is an error naming the file and where it
+    comes from, no download starts, and no empty file is left for the next run to trust."""
+    from clip_benchmark import cli
+    from clip_benchmark.datasets import builder
+
+    def refuse(command: str, **_) -> None:
+        target, url = re.search(r"--output-document=(\S+)", command), re.search(r"https?://\S+", command)
+        raise DataError(f"{target[1] if target else command}: missing; CLIP_benchmark would download it"
+                        + (f" from {url[0]}" if url else "") + ": put it there (the kit starts no download)")
+
+    build, call = cli.build_dataset, builder.call
+    cli.build_dataset = lambda *args, **kw: build(*args, **{**kw, "download": False})
+    builder.call = refuse
+    try:
+        yield
+    finally:
+        cli.build_dataset, builder.call = build, call

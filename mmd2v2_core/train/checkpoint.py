@@ -187,6 +187,9 @@ def check_compatible(path: Path, config: dict) -> None:
 def load_trained_student(path: str | Path) -> tuple[MultimodalStudent, TrainConfig]:
     """The student of a checkpoint folder, in eval mode, with the configuration it was trained with."""
     path = Path(path)
+    if (path / "config.json").is_file() and not (path / "config.yaml").is_file():
+        raise DataError(f"{path}: an exported student (config.json; `mmd2v2 export`), not a training checkpoint: "
+                        "`mmd2v2 eval clip-benchmark` and `mmd2v2_core.export.load_student` read exports")
     for name in ("config.yaml", "student.json", "model.safetensors"):
         if not (path / name).is_file():
             raise DataError(f"{path}: not a training checkpoint (no {name})")

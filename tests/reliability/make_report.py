@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["test_data_inputs", "test_configs", "test_outputs", "test_checkpoints", "test_caches",
+ORDER = ["test_data_inputs", "test_configs", "test_outputs", "test_exports", "test_checkpoints", "test_caches",
          "test_interruptions", "test_writers", "test_ranks"]
 TMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s]+/")
 
