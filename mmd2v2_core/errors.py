@@ -13,6 +13,12 @@ class ConfigError(KitError):
     """A configuration key, value or path is wrong."""
 
 
+def few_keys(items: list[str], limit: int = 8) -> str:
+    """The first few names of a list, for error messages."""
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', … +{len(items) - limit} more' if len(items) > limit else ''}]"
+
+
 def clean_worker_errors(batches):
     """Iterate a DataLoader; a KitError raised in a worker process comes out as its own one-line message.
 

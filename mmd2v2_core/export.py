@@ -34,7 +34,7 @@ from . import __version__
 from .data.index import write_text_atomic
 from .data.tokenizer import CaptionTokenizer
 from .data.transforms import ImageTransformConfig, eval_transform
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, few_keys
 from .student.model import MultimodalStudent, StudentConfig
 from .train.checkpoint import load_trained_student, read_weights_into
 
@@ -54,11 +54,6 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _few(names) -> str:
-    names = sorted(names)
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
 def _clear(out: Path, overwrite: bool) -> list[str]:
     """Make ``out`` ready for an export: a new or empty folder, or (``overwrite``) one whose earlier export's own files
     are removed. Returns the files left there that are not an export's own; refuses a file the export would write
@@ -71,16 +66,16 @@ def _clear(out: Path, overwrite: bool) -> list[str]:
     if not present:
         return []
     if not overwrite:
-        raise DataError(f"--out {out}: not empty ({_few(present)}): export into a new or empty folder, or pass "
-                        "--overwrite to replace an earlier export there")
+        raise DataError(f"--out {out}: not empty, holds {few_keys(sorted(present), 5)}: export into a new or empty "
+                        "folder, or pass --overwrite to replace an earlier export there")
     earlier = {}
     with contextlib.suppress(OSError, ValueError):
         earlier = json.loads((out / CONFIG).read_text())
     own = {WEIGHTS, CONFIG, CARD, *earlier.get("files", {})} if earlier.get("model_type") == MODEL_TYPE else set()
     clash = (present - own) & {WEIGHTS, CONFIG, CARD, *TOKENIZER_FILES}
     if clash:
-        raise DataError(f"--out {out}: holds {_few(clash)}, which no earlier export wrote and this one would replace; "
-                        "export into another folder")
+        raise DataError(f"--out {out}: holds {few_keys(sorted(clash), 5)}, which no earlier export wrote and this one "
+                        "would replace; export into another folder")
     for name in present & own:
         (out / name).unlink()
     return sorted(present - own)
@@ -89,7 +84,7 @@ def _clear(out: Path, overwrite: bool) -> list[str]:
 def _check_finite(student: torch.nn.Module, where: Path) -> None:
     bad = [k for k, v in student.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise DataError(f"{where}: non-finite weights (NaN or inf) in {_few(bad)}")
+        raise DataError(f"{where}: non-finite weights (NaN or inf) in {few_keys(sorted(bad), 5)}")
 
 
 def _results_of(checkpoint: Path) -> list[dict]:
@@ -187,8 +182,8 @@ def _config(folder: Path) -> dict:
                             "records): export the checkpoint again")
     stray = {p.name for p in folder.iterdir()} & TOKENIZER_FILES - set(files)
     if stray:
-        raise DataError(f"{folder}: tokenizer file(s) {_few(stray)} not part of the export (config.json does not list "
-                        "them), and the tokenizer would read them: remove them or export again")
+        raise DataError(f"{folder}: tokenizer file(s) {few_keys(sorted(stray), 5)} not part of the export (config.json "
+                        "does not list them), and the tokenizer would read them: remove them or export again")
     return config
 
 

@@ -69,8 +69,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def open_rgb(source: ImageSource, name: str | None = None) -> Image.Image:
     """Decode an image file (path, bytes or file object) to upright RGB, or raise DataError naming it."""
     label = _describe(source, name)
-    if isinstance(source, (str, Path)) and (problem := not_a_file(Path(source))):
-        raise DataError(f"{label}: " + ("image file not found" if problem == "missing" else problem))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -79,11 +77,18 @@ def open_rgb(source: ImageSource, name: str | None = None) -> Image.Image:
                 img.load()
                 return _to_rgb(img)
     except FileNotFoundError:
-        raise DataError(f"{label}: image file not found") from None
+        raise DataError(f"{label}: {_path_problem(source) or 'image file not found'}") from None
     except _TOO_LARGE as exc:
         raise DataError(f"{label}: image too large ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{label}: unreadable image ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{label}: {_path_problem(source) or f'unreadable image ({type(exc).__name__}: {exc})'}") \
+            from None
+
+
+def _path_problem(source: ImageSource) -> str | None:
+    """Why a path that failed to open is no file to read (asked only after a failure: no stat per decoded image)."""
+    problem = not_a_file(Path(source)) if isinstance(source, (str, Path)) else None
+    return "image file not found" if problem == "missing" else problem
 
 
 # Images over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, ≈89 Mpx) are refused before

@@ -31,9 +31,9 @@ from safetensors.torch import save_file
 from timm.models.beit import gen_relative_position_index
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, few_keys
 from .base import MissingWeights, freeze
-from .pretrained import WEIGHTS_FLAG, few_keys, load_exactly, read_weights, timm_weights_file
+from .pretrained import WEIGHTS_FLAG, load_exactly, read_weights, timm_weights_file
 
 ARCH = "beitv2_base_patch16_224"
 FINETUNED_TAGS = ("in1k_ft_in22k_in1k", "in1k_ft_in1k")

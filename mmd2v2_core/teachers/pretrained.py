@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import DataError
+from ..errors import DataError, few_keys
 from .base import MissingWeights, freeze
 from .checkpoints import load_original_checkpoint, model_state
 
@@ -119,12 +119,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as exc:
             raise DataError(f"{path}: not a readable safetensors file ({exc})") from None
     return model_state(load_original_checkpoint(path), path)
-
-
-def few_keys(items: list[str], limit: int = 8) -> str:
-    """The first few names of a list, for error messages."""
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', … +{len(items) - limit} more' if len(items) > limit else ''}]"
 
 
 def load_exactly(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], path: Path, what: str) -> nn.Module:

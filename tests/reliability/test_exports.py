@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmd2v2_core.errors import DataError
-from mmd2v2_core.export import load_inputs, load_student
+from mmd2v2_core.export import file_digest, load_inputs, load_student
 
 from .conftest import Outcome, assert_clear_error
 
@@ -38,7 +37,7 @@ def exported(checkpoint, tmp_path_factory):
 
 def _redigest(folder, name):
     config = json.loads((folder / "config.json").read_text())
-    config["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    config["files"][name] = file_digest(folder / name)
     (folder / "config.json").write_text(json.dumps(config))
 
 
